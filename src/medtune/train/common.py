@@ -1,0 +1,110 @@
+"""What every stage shares: trainer arguments with CPU-sane defaults, encoding, the loss plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from medtune.config import Config, DataConfig
+from medtune.data.encode import encode_messages
+from medtune.data.templates import ChatTemplate
+from medtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# medtune's defaults under the user's `train:` block. On CPU there is no bf16 and gradient
+# checkpointing only costs time at these sizes; `remove_unused_columns` would drop our labels.
+DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 4,
+    "num_train_epochs": 1,
+    "learning_rate": 2e-4,
+    "logging_steps": 5,
+    "save_strategy": "steps",
+    "save_steps": 100,
+    "save_total_limit": 3,
+    "report_to": "none",
+    "remove_unused_columns": False,
+    "dataloader_num_workers": 0,
+    "seed": 42,
+    "gradient_checkpointing": False,
+}
+
+
+def training_arguments(cfg: Config) -> tuple[Any, Any]:
+    """TrainingArguments from `train:` (validated against its real fields) and the resume target."""
+    import torch
+    from transformers import TrainingArguments
+
+    user = dict(cfg.train)
+    resume = user.pop("resume_from_checkpoint", None)
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for key in user:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean 'train.{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown config key 'train.{key}'.{hint} The train: block takes "
+                              "transformers.TrainingArguments fields.")
+    args = {**DEFAULTS, **user}
+    if not torch.cuda.is_available():
+        args.update(use_cpu=True, bf16=False, fp16=False)
+    if args.get("eval_strategy", "no") != "no" and "eval_steps" not in args:
+        args["eval_steps"] = args.get("save_steps")
+    try:
+        return TrainingArguments(**args), resume
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"Invalid train: settings: {e}") from None
+
+
+def encode_split(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTemplate,
+                 data: DataConfig) -> tuple[list[dict[str, list[int]]], int]:
+    """Encode conversations; return the encoded rows and how many had no supervised token left."""
+    encoded, too_long = [], 0
+    for row in rows:
+        enc = encode_messages(tokenizer, template, row["messages"], data.max_length, data.mask)
+        if enc is None:
+            too_long += 1
+        else:
+            encoded.append(enc)
+    return encoded, too_long
+
+
+def split_eval(groups: dict[str, list[dict[str, Any]]], data: DataConfig) -> tuple[list, list]:
+    """Train and eval rows: an official dev split if a dataset has one, else `test_size` held out."""
+    train, dev = list(groups["train"]), list(groups["dev"])
+    if not dev and data.test_size:
+        n = int(data.test_size) if data.test_size >= 1 else round(len(train) * data.test_size)
+        random.Random(data.seed).shuffle(train)
+        dev, train = train[:n], train[n:]
+    return train, dev
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path:
+    """Plot training (and eval) loss against steps; the file every run leaves next to its weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

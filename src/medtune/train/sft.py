@@ -1,0 +1,59 @@
+"""Supervised fine-tuning: conversations → masked labels → Trainer → adapter (or full weights)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from medtune.config import Config, dump_config
+from medtune.data.prepare import load_prepared, prepare
+from medtune.errors import MedtuneError
+from medtune.model.load import load_model
+from medtune.model.methods import METHODS
+from medtune.train import STAGES
+from medtune.train.common import encode_split, plot_loss, split_eval, training_arguments, write_json
+
+log = logging.getLogger(__name__)
+
+
+@STAGES.register("sft", "supervised fine-tuning on conversations (loss on assistant turns only)")
+def run(cfg: Config) -> dict[str, Any]:
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    out = cfg.output_dir
+    dump_config(cfg, out)
+    args, resume = training_arguments(cfg)
+
+    # Data: sources → prepared JSONL (counted, dropped rows written out) → masked token ids.
+    report = prepare(cfg)
+    train_rows, eval_rows = split_eval(load_prepared(report), cfg.data)
+    model, tokenizer, template = load_model(cfg.model, merge_adapters=False)
+    train_set, train_too_long = encode_split(train_rows, tokenizer, template, cfg.data)
+    eval_set, eval_too_long = encode_split(eval_rows, tokenizer, template, cfg.data)
+    if not train_set:
+        raise MedtuneError(f"No training examples left (prepared {len(train_rows)}, {train_too_long} had no "
+                           f"answer token within data.max_length={cfg.data.max_length}). See {report['output_dir']}.")
+
+    # Model: the method decides what trains.
+    model = METHODS.get(cfg.finetune.method)(model, cfg)
+
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+                      processing_class=tokenizer)
+    metrics: dict[str, Any] = {"train_examples": len(train_set), "eval_examples": len(eval_set),
+                               "dropped_too_long": {"train": train_too_long, "eval": eval_too_long}}
+    if eval_set and not resume:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(train_loss=result.training_loss, global_step=result.global_step)
+    if eval_set:
+        metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
+
+    # Save: weights (an adapter for LoRA) + tokenizer carrying the chat template + loss plot.
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    trainer.save_state()
+    plot_loss(trainer.state.log_history, out / "loss.png")
+    write_json(out / "metrics.json", metrics)
+    log.info("saved to %s: %s", out, {k: v for k, v in metrics.items() if "loss" in k})
+    return metrics
