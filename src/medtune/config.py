@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,29 @@ from typing import Any
 import yaml
 
 from medtune.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: `5e-5` is a float (1.1 says string) and only true/false are booleans
+    (1.1 turns `eval_strategy: no` into False). Both 1.1 readings break trainer arguments."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -142,7 +166,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not p.is_file():
             raise ConfigError(f"Config file {str(p)!r} does not exist.")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = load_yaml(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
@@ -166,9 +190,16 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"Override {item!r}: {part!r} is not a section.")
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = load_yaml(value)
     except yaml.YAMLError as e:
         raise ConfigError(f"Override {item!r}: value is not valid YAML: {e}") from None
+
+
+# Names users bring from LLaMA-Factory / peft that difflib cannot match to ours.
+_SYNONYMS = {"rank": "r", "lora_rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+             "lora_target": "target_modules", "target": "target_modules", "dataset": "datasets",
+             "template_name": "template", "model_name_or_path": "name_or_path", "adapter_name_or_path": "adapters",
+             "cutoff_len": "max_length", "val_size": "test_size", "finetuning_type": "method"}
 
 
 def parse_dataclass(cls: type, data: Any, where: str) -> Any:
@@ -183,7 +214,7 @@ def parse_dataclass(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
+            close = [_SYNONYMS[key]] if _SYNONYMS.get(key) in fields else difflib.get_close_matches(str(key), fields, n=1)
             hint = f" Did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
             raise ConfigError(f"Unknown config key {name!r}.{hint} Allowed here: {', '.join(fields)}.")
         kwargs[key] = _coerce(hints[key], value, name)

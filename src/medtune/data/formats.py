@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,15 +45,41 @@ class Item:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _field(row: dict[str, Any], spec: DatasetSpec, name: str, where: str, required: bool = True) -> Any:
-    """Read canonical field `name` through the dataset's column mapping."""
-    column = spec.columns.get(name, name)
-    if column not in row:
-        if not required:
+class MissingField(DataError):
+    """A mapped column is absent from a row."""
+
+
+def _field(row: dict[str, Any], spec: DatasetSpec, name: str, where: str, required: bool = True,
+           default: str | None = None) -> Any:
+    """Read canonical field `name` through the dataset's column mapping (else column `default` or `name`)."""
+    column = spec.columns.get(name, default or name)
+    if not isinstance(row, dict) or column not in row:
+        if not required and isinstance(row, dict):
             return None
-        raise DataError(f"{where}: missing field {column!r} (for {name!r}); the row has {sorted(row)}. "
-                        f"Map it in the registry entry, e.g. `columns: {{{name}: <your column>}}`.")
+        have = sorted(row) if isinstance(row, dict) else type(row).__name__
+        raise MissingField(f"{where}: missing field {column!r} (for {name!r}); the row has {have}. "
+                           f"Map it in the registry entry, e.g. `columns: {{{name}: <your column>}}`.")
     return row[column]
+
+
+def _each_json(spec: DatasetSpec, convert_row: Callable[[Any, str], Item]) -> Iterator[Item]:
+    """Run `convert_row` over a JSON/JSONL file with one policy for rows that lack a field.
+
+    If the very first rows lack a mapped field, the column mapping is wrong: fail with the file,
+    line and field. Once rows have converted, a row without the field is a bad row (real data has
+    them, e.g. CMtMedQA line 1001 says `instruct`): drop it as `missing_field`, written out.
+    """
+    converted = False
+    for line, row in io.read_json_records(spec.path, spec.encoding):
+        where = f"{spec.path}:{line}"
+        try:
+            item = convert_row(row, where)
+        except MissingField:
+            if not converted:
+                raise
+            item = Item(where, reason="missing_field", raw=row)
+        converted = converted or item.example is not None
+        yield item
 
 
 def _text(value: Any) -> str:
@@ -73,26 +99,24 @@ def _qa(user: str, answer: str, where: str, raw: Any, system: str | None = None,
 
 @FORMATS.register("alpaca", "instruction/input/output JSON or JSONL, optional history [[q, a], ...] and system")
 def alpaca(spec: DatasetSpec) -> Iterator[Item]:
-    for line, row in io.read_json_records(spec.path, spec.encoding):
-        where = f"{spec.path}:{line}"
+    def convert(row: Any, where: str) -> Item:
         instruction = _text(_field(row, spec, "instruction", where))
         extra = _text(_field(row, spec, "input", where, required=False))
         output = _text(_field(row, spec, "output", where))
         history = _field(row, spec, "history", where, required=False) or []
         system = _text(_field(row, spec, "system", where, required=False)) or None
-        user = f"{instruction}\n{extra}" if extra else instruction
+        if not isinstance(history, list) or any(not isinstance(t, list) or len(t) != 2 for t in history):
+            return Item(where, reason="bad_history", raw=row)
         messages = [{"role": "system", "content": system}] if system else []
-        bad = not isinstance(history, list) or any(not isinstance(t, list) or len(t) != 2 for t in history)
-        if bad:
-            yield Item(where, reason="bad_history", raw=row)
-            continue
         for q, a in history:
             messages += [{"role": "user", "content": _text(q)}, {"role": "assistant", "content": _text(a)}]
-        item = _qa(user, output, where, row)
+        item = _qa(f"{instruction}\n{extra}" if extra else instruction, output, where, row)
         if item.example:
             item.example["messages"] = messages + item.example["messages"]
             item = _check_turns(item)
-        yield item
+        return item
+
+    yield from _each_json(spec, convert)
 
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -101,37 +125,28 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 
 @FORMATS.register("sharegpt", "conversations: [{from: human|gpt|system, value}] (also openai-style role/content)")
 def sharegpt(spec: DatasetSpec) -> Iterator[Item]:
-    key = spec.columns.get("messages", "conversations")
-    yield from _message_lists(spec, key)
+    yield from _message_lists(spec, "conversations")
 
 
 @FORMATS.register("openai", "messages: [{role: system|user|assistant, content}]")
 def openai(spec: DatasetSpec) -> Iterator[Item]:
-    yield from _message_lists(spec, spec.columns.get("messages", "messages"))
+    yield from _message_lists(spec, "messages")
 
 
-def _message_lists(spec: DatasetSpec, key: str) -> Iterator[Item]:
-    for line, row in io.read_json_records(spec.path, spec.encoding):
-        where = f"{spec.path}:{line}"
-        if key not in row:
-            raise DataError(f"{where}: missing field {key!r}; the row has {sorted(row)}. Map it in the "
-                            f"registry entry, e.g. `columns: {{messages: <your column>}}`.")
-        turns = row[key]
+def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
+    def convert(row: Any, where: str) -> Item:
+        turns = _field(row, spec, "messages", where, default=default_key)
         if not isinstance(turns, list):
-            yield Item(where, reason="bad_messages", raw=row)
-            continue
+            return Item(where, reason="bad_messages", raw=row)
         messages = []
         for turn in turns:
             role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
-            content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
             if role not in _SHAREGPT_ROLES:
-                messages = None
-                break
-            messages.append({"role": _SHAREGPT_ROLES[role], "content": _text(content)})
-        if messages is None:
-            yield Item(where, reason="unknown_role", raw=row)
-            continue
-        yield _check_turns(Item(where, {"messages": messages}, raw=row))
+                return Item(where, reason="unknown_role", raw=row)
+            messages.append({"role": _SHAREGPT_ROLES[role], "content": _text(turn.get("content", turn.get("value")))})
+        return _check_turns(Item(where, {"messages": messages}, raw=row))
+
+    yield from _each_json(spec, convert)
 
 
 def _check_turns(item: Item) -> Item:
@@ -149,12 +164,13 @@ def _check_turns(item: Item) -> Item:
 
 @FORMATS.register("chatglm", "Med-ChatGLM context/target JSONL ('问题：…\\n回答: ' → question)")
 def chatglm(spec: DatasetSpec) -> Iterator[Item]:
-    for line, row in io.read_json_records(spec.path, spec.encoding):
-        where = f"{spec.path}:{line}"
+    def convert(row: Any, where: str) -> Item:
         context = _text(_field(row, spec, "context", where))
         # The context wraps the question in a prompt of its own; strip it so our template adds one.
         question = re.sub(r"^问题[:：]\s*", "", re.sub(r"\s*回答[:：]\s*$", "", context))
-        yield _qa(question, _text(_field(row, spec, "target", where)), where, row)
+        return _qa(question, _text(_field(row, spec, "target", where)), where, row)
+
+    yield from _each_json(spec, convert)
 
 
 @FORMATS.register("toyhom", "Toyhom department CSV: department,title,ask,answer (GB18030)")
@@ -173,26 +189,24 @@ def toyhom(spec: DatasetSpec) -> Iterator[Item]:
 def dialogue(spec: DatasetSpec) -> Iterator[Item]:
     speakers = spec.options.get("speakers", {"病人": "user", "医生": "assistant"})
     pattern = re.compile(rf"^({'|'.join(map(re.escape, speakers))})\s*[:：]\s*")
-    for line, row in io.read_json_records(spec.path, spec.encoding):
-        where = f"{spec.path}:{line}"
+
+    def convert(row: Any, where: str) -> Item:
         utterances = row if isinstance(row, list) else _field(row, spec, "dialogue", where)
         messages: list[dict[str, str]] = []
         for utt in utterances:
             m = pattern.match(str(utt))
             if not m:
-                messages = []
-                break
-            role, text = speakers[m.group(1)], str(utt)[m.end():].strip()
+                return Item(where, reason="unknown_speaker", raw=row)
+            role, content = speakers[m.group(1)], str(utt)[m.end():].strip()
             if messages and messages[-1]["role"] == role:  # the same speaker twice: one turn
-                messages[-1]["content"] += "\n" + text
+                messages[-1]["content"] += "\n" + content
             else:
-                messages.append({"role": role, "content": text})
-        if not messages:
-            yield Item(where, reason="unknown_speaker", raw=row)
-            continue
-        if messages[-1]["role"] == "user":  # a last question nobody answered
+                messages.append({"role": role, "content": content})
+        if messages and messages[-1]["role"] == "user":  # a last question nobody answered
             messages.pop()
-        yield _check_turns(Item(where, {"messages": messages}, raw=row))
+        return _check_turns(Item(where, {"messages": messages}, raw=row))
+
+    yield from _each_json(spec, convert)
 
 
 @FORMATS.register("text", "plain text for pretraining: .txt (one document per line) or JSONL with `text`")
@@ -201,16 +215,17 @@ def text(spec: DatasetSpec) -> Iterator[Item]:
         for line, content in io.read_lines(spec.path, spec.encoding):
             yield Item(f"{spec.path}:{line}", {"text": content})
         return
-    for line, row in io.read_json_records(spec.path, spec.encoding):
-        where = f"{spec.path}:{line}"
+
+    def convert(row: Any, where: str) -> Item:
         content = _text(_field(row, spec, "text", where))
-        yield Item(where, {"text": content}) if content else Item(where, reason="empty_text", raw=row)
+        return Item(where, {"text": content}) if content else Item(where, reason="empty_text", raw=row)
+
+    yield from _each_json(spec, convert)
 
 
 @FORMATS.register("pairwise", "preference rows: prompt (str or messages / sharegpt conversations), chosen, rejected")
 def pairwise(spec: DatasetSpec) -> Iterator[Item]:
-    for line, row in io.read_json_records(spec.path, spec.encoding):
-        where = f"{spec.path}:{line}"
+    def convert(row: Any, where: str) -> Item:
         prompt = _field(row, spec, "prompt", where, required=False)
         if prompt is None:  # MedicalGPT's reward files carry the prompt as sharegpt conversations
             prompt = _field(row, spec, "conversations", where)
@@ -221,12 +236,13 @@ def pairwise(spec: DatasetSpec) -> Iterator[Item]:
                             "content": _text(t.get("content", t.get("value")))} for t in prompt]
         chosen, rejected = _text(_field(row, spec, "chosen", where)), _text(_field(row, spec, "rejected", where))
         if not chosen or not rejected:
-            yield Item(where, reason="empty_answer", raw=row)
-        elif chosen == rejected:
-            yield Item(where, reason="chosen_equals_rejected", raw=row)
-        else:
-            yield Item(where, {"prompt": prompt_msgs, "chosen": [{"role": "assistant", "content": chosen}],
-                               "rejected": [{"role": "assistant", "content": rejected}]})
+            return Item(where, reason="empty_answer", raw=row)
+        if chosen == rejected:
+            return Item(where, reason="chosen_equals_rejected", raw=row)
+        return Item(where, {"prompt": prompt_msgs, "chosen": [{"role": "assistant", "content": chosen}],
+                            "rejected": [{"role": "assistant", "content": rejected}]})
+
+    yield from _each_json(spec, convert)
 
 
 @FORMATS.register("cmedqa2", "cMedQA2 folder: question.csv, answer.csv, {train,dev,test}_candidates.txt (official split)")
