@@ -23,22 +23,23 @@ FAST = ["data.max_samples=48", "data.test_size=8", "train.num_train_epochs=1", "
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lora")
-    assert main(["train", LORA, f"train.output_dir={out}", *FAST]) == 0
+    # The shipped smoke config exactly as a user runs it.
+    assert main(["train", LORA, f"train.output_dir={out}"]) == 0
     return out
 
 
 def test_lora_run_leaves_adapter_config_and_plot(lora_run):
     for name in ("adapter_model.safetensors", "adapter_config.json", "config.yaml", "loss.png", "metrics.json",
-                 "tokenizer.json", "data/report.json", "checkpoint-2/adapter_model.safetensors"):
+                 "tokenizer.json", "data/report.json", "checkpoint-20/adapter_model.safetensors"):
         assert (lora_run / name).is_file(), name
     resolved = yaml.safe_load((lora_run / "config.yaml").read_text())
     assert resolved["train"]["output_dir"] == str(lora_run)
-    assert resolved["data"]["max_samples"] == 48 and resolved["finetune"]["lora"]["r"] == 8
+    assert resolved["data"]["max_samples"] == 96 and resolved["finetune"]["lora"]["r"] == 8
     # The chat template travels with the tokenizer, so serving renders what training saw.
     tok_cfg = (lora_run / "chat_template.jinja").read_text()
     assert "<|im_start|>" in tok_cfg
     metrics = json.loads((lora_run / "metrics.json").read_text())
-    assert metrics["train_examples"] == 40 and metrics["eval_examples"] == 8
+    assert metrics["train_examples"] == 80 and metrics["eval_examples"] == 16 and metrics["global_step"] == 20
     assert {"eval_loss_before", "eval_loss_after", "train_loss"} <= set(metrics)
 
 
@@ -97,7 +98,8 @@ def test_resume_continues_instead_of_restarting(tmp_path):
 
 
 def test_continue_finetuning_starts_from_the_earlier_adapter(lora_run, tmp_path):
-    assert main(["train", LORA, f"train.output_dir={tmp_path}", *FAST, f"model.adapters=[{lora_run}]"]) == 0
+    assert main(["train", LORA, f"train.output_dir={tmp_path}", *FAST, "data.max_samples=96", "data.test_size=16",
+                 f"model.adapters=[{lora_run}]"]) == 0
     first = json.loads((lora_run / "metrics.json").read_text())
     second = json.loads((tmp_path / "metrics.json").read_text())
     # Same eval split: the second run starts exactly where the first ended, not from scratch.

@@ -53,7 +53,7 @@ def encode_messages(tokenizer: Any, template: ChatTemplate, messages: list[dict[
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [tok if any(s <= start < e for s, e in spans) else IGNORE_INDEX
-              for tok, (start, _) in zip(ids, offsets)]
+              for tok, (start, _) in zip(ids, offsets, strict=True)]
     ids, labels = ids[:max_length], labels[:max_length]
     if all(lab == IGNORE_INDEX for lab in labels):
         return None

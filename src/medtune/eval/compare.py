@@ -41,7 +41,7 @@ def run(cfg: Config) -> Path:
     report.write_text(render(cfg, tuned_cfg, questions, answers, metrics), encoding="utf-8")
     (report.with_suffix(".json")).write_text(json.dumps(
         {"metrics": metrics, "rows": [{**q, "base": b, "tuned": t} for q, b, t in
-                                      zip(questions, answers["base"], answers["tuned"])]},
+                                      zip(questions, answers["base"], answers["tuned"], strict=True)]},
         ensure_ascii=False, indent=2), encoding="utf-8")
     return report
 
@@ -93,7 +93,7 @@ def render(cfg: Config, tuned_cfg, questions: list[dict[str, Any]], answers: dic
     else:
         lines += ["(no eval split in this run: set data.test_size to measure eval loss)", ""]
     lines += ["## Answers", "", "| # | question | base | tuned | reference |", "|---|---|---|---|---|"]
-    for i, (q, b, t) in enumerate(zip(questions, answers["base"], answers["tuned"]), 1):
+    for i, (q, b, t) in enumerate(zip(questions, answers["base"], answers["tuned"], strict=True), 1):
         lines.append(f"| {i} | {_cell(q['question'])} | {_cell(b)} | {_cell(t)} | {_cell(q.get('reference', ''))} |")
     lines += ["", "Answers come from models trained on forum data; they are not medical advice.", ""]
     return "\n".join(lines)

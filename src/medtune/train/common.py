@@ -99,7 +99,7 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path:
     for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
         points = [(h["step"], h[key]) for h in log_history if key in h]
         if points:
-            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+            ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
