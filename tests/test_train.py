@@ -157,3 +157,31 @@ def test_compare_writes_the_side_by_side_report(lora_run):
 def test_unknown_train_key_is_caught_before_training(tmp_path, capsys):
     assert main(["train", LORA, f"train.output_dir={tmp_path}", "train.lerning_rate=1e-3"]) == 2
     assert "Did you mean 'train.learning_rate'?" in capsys.readouterr().err
+
+
+def test_export_loads_in_plain_transformers_with_identical_logits(lora_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medtune.data.templates import load_template
+    from medtune.model.tiny import tiny_model_path
+
+    out = tmp_path / "merged"
+    assert main(["export", LORA, f"train.output_dir={lora_run}", f"export.output_dir={out}"]) == 0
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "config.yaml",
+                 "README.md"):
+        assert (out / name).is_file(), name
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path("llama")), lora_run)
+    ids = torch.tensor([tok("病人：头痛怎么办？")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft(ids).logits, atol=1e-5)
+    # Plain transformers renders exactly the training template and stops at its end-of-turn token.
+    from conftest import DIALOGUE
+
+    assert tok.apply_chat_template(DIALOGUE, tokenize=False) == load_template("chatml").render(
+        DIALOGUE, {"bos_token": "<bos>", "eos_token": "<eos>"})
+    assert tok.convert_tokens_to_ids("<|im_end|>") in merged.generation_config.eos_token_id
+    card = (out / "README.md").read_text()
+    assert "| toyhom_neike_sample | MIT |" in card and "eval_loss_after" in card

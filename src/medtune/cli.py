@@ -20,6 +20,7 @@ VERBS = {
     "prepare": "convert a config's datasets to JSONL + report.json + dropped/<reason>.jsonl",
     "train": "run the config's stage (finetune.stage) with its method (finetune.method)",
     "chat": "terminal chat with the config's model (+ model.adapters), streaming",
+    "export": "merge adapters into a standalone Hugging Face folder with template, generation config and card",
     "compare": "base-vs-tuned report: eval loss and side-by-side answers to held-out questions",
     "validate": "check a config, its datasets, template, stage and method without running anything",
 }
@@ -59,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verbs() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "validate": _validate}
+    return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "export": _export,
+            "validate": _validate}
 
 
 def _config(args: argparse.Namespace):
@@ -116,6 +118,15 @@ def _compare(args: argparse.Namespace) -> int:
     _threads()
     report = run(cfg)
     print(f"report: {report}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medtune.export import run
+
+    cfg = _config(args)
+    _threads()
+    print(f"exported: {run(cfg)}")
     return 0
 
 

@@ -136,6 +136,16 @@ class CompareConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Merge the tuned model into a standalone Hugging Face folder."""
+
+    output_dir: str | None = None  # default: <train.output_dir>/merged
+    # Adapters to merge; default: the run's own output (train.output_dir).
+    adapters: list[str] = field(default_factory=list)
+    dtype: str = "float32"  # dtype of the saved weights (float32, bfloat16, float16)
+
+
+@dataclass
 class Config:
     """One run's whole configuration."""
 
@@ -145,6 +155,7 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     # Passed through to transformers.TrainingArguments (output_dir, learning_rate, ...).
     train: dict[str, Any] = field(default_factory=dict)
     # Where the config came from (for relative paths); not a user key.

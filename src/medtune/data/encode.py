@@ -64,3 +64,10 @@ def prompt_ids(tokenizer: Any, template: ChatTemplate, messages: list[dict[str, 
     """Token ids a server feeds the model to answer `messages` (the same tokenisation as training)."""
     text = template.render(messages, special_tokens(tokenizer), add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def end_of_turn_ids(tokenizer: Any, template: ChatTemplate) -> list[int]:
+    """Token ids that end generation: EOS plus the template's end-of-turn token (when it is one token)."""
+    stop = template.stop_string(special_tokens(tokenizer))
+    stop_ids = tokenizer(stop, add_special_tokens=False)["input_ids"] if stop else []
+    return sorted({tokenizer.eos_token_id, *(stop_ids if len(stop_ids) == 1 else [])})

@@ -17,6 +17,7 @@ from typing import Any
 from medtune.config import Config
 from medtune.errors import ConfigError
 from medtune.infer.engine import ChatEngine
+from medtune.model.load import tuned_model
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def run(cfg: Config) -> Path:
     out = cfg.output_dir
     questions = _questions(cfg)
-    tuned_cfg = _tuned_model(cfg)
+    tuned_cfg = tuned_model(cfg, cfg.compare.adapters)
     answers: dict[str, list[str]] = {}
     for label, model_cfg in (("base", dataclasses.replace(cfg.model, adapters=[])), ("tuned", tuned_cfg)):
         engine = ChatEngine(model_cfg, cfg.generation)
@@ -54,18 +55,6 @@ def _questions(cfg: Config) -> list[dict[str, Any]]:
         raise ConfigError(f"compare.questions file {str(path)!r} does not exist.")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return rows[: cfg.compare.num_questions]
-
-
-def _tuned_model(cfg: Config):
-    """The tuned model: compare.adapters, else the run's output (an adapter, or full weights)."""
-    if cfg.compare.adapters:
-        return dataclasses.replace(cfg.model, adapters=cfg.model.adapters + cfg.compare.adapters)
-    out = cfg.output_dir
-    if (out / "adapter_config.json").exists():
-        return dataclasses.replace(cfg.model, adapters=cfg.model.adapters + [str(out)])
-    if (out / "config.json").exists():
-        return dataclasses.replace(cfg.model, name_or_path=str(out), adapters=[])
-    raise ConfigError(f"{out} holds no trained model yet: run `medtune train` with this config first.")
 
 
 def _cell(text: str) -> str:

@@ -12,7 +12,7 @@ from threading import Thread
 from typing import Any
 
 from medtune.config import GenerationConfig, ModelConfig
-from medtune.data.encode import prompt_ids, special_tokens
+from medtune.data.encode import end_of_turn_ids, prompt_ids, special_tokens
 
 
 class ChatEngine:
@@ -23,8 +23,7 @@ class ChatEngine:
         self.model.eval()
         self.gen_cfg = gen_cfg
         self.stop = self.template.stop_string(special_tokens(self.tokenizer))
-        stop_ids = self.tokenizer(self.stop, add_special_tokens=False)["input_ids"]
-        self.eos_ids = sorted({self.tokenizer.eos_token_id, *(stop_ids if len(stop_ids) == 1 else [])})
+        self.eos_ids = end_of_turn_ids(self.tokenizer, self.template)
 
     def generation_kwargs(self, **overrides: Any) -> dict[str, Any]:
         g = {**vars(self.gen_cfg), **overrides}

@@ -12,6 +12,7 @@ conversion takes about a minute and 3 GB RAM, a reload about 3 s.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from medtune.config import ModelConfig
+from medtune.config import Config, ModelConfig
 from medtune.data.templates import ChatTemplate, load_template
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.tiny import cache_dir, tiny_model_path
@@ -69,6 +70,18 @@ def load_model(cfg: ModelConfig, merge_adapters: bool = True) -> tuple[Any, Any,
     if merge_adapters:
         model = apply_adapters(model, cfg.adapters, cfg.template, merge=True)
     return model, tokenizer, template
+
+
+def tuned_model(cfg: Config, adapters: list[str] | None = None) -> ModelConfig:
+    """The model a run produced: explicit `adapters`, else its output dir (an adapter or full weights)."""
+    if adapters:
+        return dataclasses.replace(cfg.model, adapters=cfg.model.adapters + list(adapters))
+    out = cfg.output_dir
+    if (out / "adapter_config.json").exists():
+        return dataclasses.replace(cfg.model, adapters=cfg.model.adapters + [str(out)])
+    if (out / "config.json").exists():
+        return dataclasses.replace(cfg.model, name_or_path=str(out), adapters=[])
+    raise ConfigError(f"{out} holds no trained model yet: run `medtune train` with this config first.")
 
 
 def apply_adapters(model: Any, adapters: list[str], template: str, merge: bool) -> Any:
