@@ -154,6 +154,11 @@ def test_compare_writes_the_side_by_side_report(lora_run):
     assert len(json.loads((lora_run / "report.json").read_text())["rows"]) == 3
 
 
+def test_eval_strategy_without_eval_split_is_explained(tmp_path, capsys):
+    assert main(["train", LORA, f"train.output_dir={tmp_path}", "data.test_size=0"]) == 2
+    assert "train.eval_strategy=steps but there is no eval split" in capsys.readouterr().err
+
+
 def test_unknown_train_key_is_caught_before_training(tmp_path, capsys):
     assert main(["train", LORA, f"train.output_dir={tmp_path}", "train.lerning_rate=1e-3"]) == 2
     assert "Did you mean 'train.learning_rate'?" in capsys.readouterr().err

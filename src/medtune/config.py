@@ -58,6 +58,23 @@ class LoraConfig:
 
 
 @dataclass
+class FreezeConfig:
+    """`method: freeze`: train only the last N decoder layers and/or named modules."""
+
+    trainable_layers: int = 2
+    # Extra parameter-name substrings to train as well, e.g. [lm_head, embed_tokens, norm].
+    trainable_modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PrefixConfig:
+    """`method: prefix` (prefix tuning) or `ptuning` (P-tuning v2 style prompt encoder), via peft."""
+
+    num_virtual_tokens: int = 16
+    encoder_hidden_size: int = 128  # ptuning's prompt-encoder MLP width
+
+
+@dataclass
 class ModelConfig:
     """Which model to load and how to talk to it."""
 
@@ -72,6 +89,8 @@ class ModelConfig:
     adapters: list[str] = field(default_factory=list)
     dtype: str = "float32"
     trust_remote_code: bool = False
+    # bitsandbytes quantisation of the base weights (4 or 8); `method: qlora` defaults to 4.
+    quantization_bits: int | None = None
 
 
 @dataclass
@@ -86,6 +105,8 @@ class DataConfig:
     max_length: int = 512
     # Which assistant turns carry loss: "all" or "last".
     mask: str = "all"
+    # Pack several samples per row (greedy bins of max_length; samples never attend to each other).
+    packing: bool = False
     # Eval split when no dataset ships an official dev split: a fraction (<1) or a row count.
     test_size: float = 0.0
     max_samples: int | None = None
@@ -99,6 +120,8 @@ class FinetuneConfig:
     stage: str = "sft"
     method: str = "lora"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
 
 
 @dataclass

@@ -29,6 +29,9 @@ def run(cfg: Config) -> Path:
     out = Path(cfg.export.output_dir) if cfg.export.output_dir else cfg.output_dir / "merged"
     model_cfg = tuned_model(cfg, cfg.export.adapters)
     model, tokenizer, template = load_model(model_cfg)  # adapters merged in full precision
+    if hasattr(model, "peft_config"):
+        raise ConfigError("Prefix / P-tuning adapters cannot be merged into standalone weights; serve them with "
+                          "model.adapters=[DIR] instead of exporting.")
     dtype = getattr(torch, cfg.export.dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise ConfigError(f"export.dtype {cfg.export.dtype!r} is not a torch dtype; use float32, bfloat16 or float16.")

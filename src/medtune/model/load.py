@@ -52,8 +52,13 @@ def load_tokenizer(path: str, template: ChatTemplate, trust_remote_code: bool = 
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, merge_adapters: bool = True) -> tuple[Any, Any, ChatTemplate]:
-    """Base model + tokenizer + template, with `cfg.adapters` applied (merged for fast inference)."""
+def load_model(cfg: ModelConfig, merge_adapters: bool = True,
+               quantization_bits: int | None = None) -> tuple[Any, Any, ChatTemplate]:
+    """Base model + tokenizer + template, with `cfg.adapters` applied (merged for fast inference).
+
+    `quantization_bits` (4/8) loads the base through bitsandbytes for QLoRA; inference and export
+    load full precision, so a QLoRA adapter is merged into a de-quantised base.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -63,13 +68,29 @@ def load_model(cfg: ModelConfig, merge_adapters: bool = True) -> tuple[Any, Any,
     dtype = getattr(torch, cfg.dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise ConfigError(f"model.dtype {cfg.dtype!r} is not a torch dtype; use float32, bfloat16 or float16.")
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if quantization_bits:
+        kwargs.update(_bnb(quantization_bits, dtype))
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise MedtuneError(_not_found(path, e)) from None
     if merge_adapters:
         model = apply_adapters(model, cfg.adapters, cfg.template, merge=True)
     return model, tokenizer, template
+
+
+def _bnb(bits: int, dtype: Any) -> dict[str, Any]:
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise MedtuneError("QLoRA needs bitsandbytes: pip install 'medtune[qlora]'.") from None
+    import torch
+
+    quant = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                bnb_4bit_use_double_quant=True) if bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
+    return {"quantization_config": quant, "device_map": None if torch.cuda.is_available() else "cpu"}
 
 
 def tuned_model(cfg: Config, adapters: list[str] | None = None) -> ModelConfig:
@@ -92,6 +113,12 @@ def apply_adapters(model: Any, adapters: list[str], template: str, merge: bool) 
         check_adapter(adapter, template)
         last = i == len(adapters) - 1
         model = PeftModel.from_pretrained(model, adapter, is_trainable=last and not merge)
+        if model.active_peft_config.is_prompt_learning:
+            # Prefix / P-tuning adapters add virtual tokens; there are no weights to merge them into.
+            if not last:
+                raise ConfigError(f"Adapter {adapter!r} is a prompt-learning adapter (prefix/ptuning); it can "
+                                  "only be the last of model.adapters.")
+            continue
         if merge or not last:
             model = model.merge_and_unload()
     return model

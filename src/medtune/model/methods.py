@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from medtune.config import Config
+from medtune.errors import ConfigError
 from medtune.model.load import apply_adapters
 from medtune.registry import Registry
 
@@ -13,8 +14,35 @@ METHODS = Registry("method")
 log = logging.getLogger(__name__)
 
 
+def quantization_for(cfg: Config) -> int | None:
+    """Bits to load the base model in: qlora needs 4 or 8 (default 4); other methods as configured."""
+    bits = cfg.model.quantization_bits
+    if cfg.finetune.method == "qlora":
+        bits = bits or 4
+    if bits not in (None, 4, 8):
+        raise ConfigError(f"model.quantization_bits must be 4, 8 or null; got {bits!r}.")
+    return bits
+
+
 @METHODS.register("lora", "LoRA adapters (peft); continues training the last of model.adapters if given")
 def lora(model: Any, cfg: Config) -> Any:
+    return _lora(model, cfg)
+
+
+@METHODS.register("dora", "weight-decomposed LoRA (peft use_dora)")
+def dora(model: Any, cfg: Config) -> Any:
+    return _lora(model, cfg, use_dora=True)
+
+
+@METHODS.register("qlora", "LoRA on a 4-bit (or 8-bit) bitsandbytes base; export merges into a de-quantised base")
+def qlora(model: Any, cfg: Config) -> Any:
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return _lora(model, cfg)
+
+
+def _lora(model: Any, cfg: Config, use_dora: bool = False) -> Any:
     from peft import LoraConfig, get_peft_model
 
     if cfg.model.adapters:
@@ -24,7 +52,8 @@ def lora(model: Any, cfg: Config) -> Any:
     else:
         c = cfg.finetune.lora
         model = get_peft_model(model, LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
-                                                 target_modules=c.target_modules, task_type="CAUSAL_LM"))
+                                                 target_modules=c.target_modules, use_dora=use_dora,
+                                                 task_type="CAUSAL_LM"))
     _log_trainable(model)
     return model
 
@@ -36,6 +65,57 @@ def full(model: Any, cfg: Config) -> Any:
         p.requires_grad_(True)
     _log_trainable(model)
     return model
+
+
+@METHODS.register("freeze", "train only the last finetune.freeze.trainable_layers layers (+ named modules)")
+def freeze(model: Any, cfg: Config) -> Any:
+    model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=True)
+    c = cfg.finetune.freeze
+    layers = _decoder_layers(model)
+    if not 0 <= c.trainable_layers <= len(layers):
+        raise ConfigError(f"finetune.freeze.trainable_layers={c.trainable_layers} but the model has {len(layers)} layers.")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - c.trainable_layers:]:
+        layer.requires_grad_(True)
+    for name, p in model.named_parameters():
+        if any(m in name for m in c.trainable_modules):
+            p.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("finetune.freeze leaves nothing trainable: raise trainable_layers or name trainable_modules.")
+    _log_trainable(model)
+    return model
+
+
+@METHODS.register("prefix", "prefix tuning (peft PrefixTuningConfig): trainable key/value prefixes per layer")
+def prefix(model: Any, cfg: Config) -> Any:
+    from peft import PrefixTuningConfig, get_peft_model
+
+    model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM",
+                                                     num_virtual_tokens=cfg.finetune.prefix.num_virtual_tokens))
+    _log_trainable(model)
+    return model
+
+
+@METHODS.register("ptuning", "P-tuning v2 style trainable prompt encoder (peft PromptEncoderConfig)")
+def ptuning(model: Any, cfg: Config) -> Any:
+    from peft import PromptEncoderConfig, get_peft_model
+
+    c = cfg.finetune.prefix
+    model = get_peft_model(model, PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=c.num_virtual_tokens,
+                                                      encoder_hidden_size=c.encoder_hidden_size))
+    _log_trainable(model)
+    return model
+
+
+def _decoder_layers(model: Any) -> Any:
+    """The decoder's ModuleList of transformer blocks (`model.model.layers` for Llama/Qwen/Gemma)."""
+    import torch
+
+    candidates = [m for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks")]
+    if not candidates:
+        raise ConfigError("method freeze: cannot find the model's decoder layers; use finetune.freeze.trainable_modules.")
+    return max(candidates, key=len)
 
 
 def _log_trainable(model: Any) -> None:

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import Config, DataConfig
-from medtune.data.encode import encode_messages
+from medtune.data.encode import IGNORE_INDEX, encode_messages
+from medtune.data.packing import COUNT, CountingCollator, PackedCollator, pack
 from medtune.data.templates import ChatTemplate
 from medtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# medtune's defaults under the user's `train:` block. On CPU there is no bf16 and gradient
-# checkpointing only costs time at these sizes; `remove_unused_columns` would drop our labels.
+# medtune's defaults under the user's `train:` block (on CPU there is no bf16: see training_arguments);
+# `remove_unused_columns` would drop our labels.
 DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 4,
     "per_device_eval_batch_size": 4,
@@ -32,7 +33,6 @@ DEFAULTS: dict[str, Any] = {
     "remove_unused_columns": False,
     "dataloader_num_workers": 0,
     "seed": 42,
-    "gradient_checkpointing": False,
 }
 
 
@@ -72,6 +72,17 @@ def encode_split(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTempl
         else:
             encoded.append(enc)
     return encoded, too_long
+
+
+def batching(rows: list[dict[str, list[int]]], tokenizer: Any, data: DataConfig) -> tuple[list, CountingCollator]:
+    """Training rows (packed into bins if data.packing) and a collator that measures padding efficiency."""
+    from transformers import DataCollatorForSeq2Seq
+
+    if data.packing:
+        rows, inner = pack(rows, data.max_length), PackedCollator(tokenizer.pad_token_id)
+    else:
+        inner = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    return [{**r, COUNT: True} for r in rows], CountingCollator(inner)
 
 
 def split_eval(groups: dict[str, list[dict[str, Any]]], data: DataConfig) -> tuple[list, list]:

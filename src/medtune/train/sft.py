@@ -7,18 +7,18 @@ from typing import Any
 
 from medtune.config import Config, dump_config
 from medtune.data.prepare import load_prepared, prepare
-from medtune.errors import MedtuneError
+from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
-from medtune.model.methods import METHODS
+from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import encode_split, plot_loss, split_eval, training_arguments, write_json
+from medtune.train.common import batching, encode_split, plot_loss, split_eval, training_arguments, write_json
 
 log = logging.getLogger(__name__)
 
 
 @STAGES.register("sft", "supervised fine-tuning on conversations (loss on assistant turns only)")
 def run(cfg: Config) -> dict[str, Any]:
-    from transformers import DataCollatorForSeq2Seq, Trainer
+    from transformers import Trainer, set_seed
 
     out = cfg.output_dir
     dump_config(cfg, out)
@@ -27,25 +27,34 @@ def run(cfg: Config) -> dict[str, Any]:
     # Data: sources → prepared JSONL (counted, dropped rows written out) → masked token ids.
     report = prepare(cfg)
     train_rows, eval_rows = split_eval(load_prepared(report), cfg.data)
-    model, tokenizer, template = load_model(cfg.model, merge_adapters=False)
+    model, tokenizer, template = load_model(cfg.model, merge_adapters=False,
+                                           quantization_bits=quantization_for(cfg))
     train_set, train_too_long = encode_split(train_rows, tokenizer, template, cfg.data)
     eval_set, eval_too_long = encode_split(eval_rows, tokenizer, template, cfg.data)
+    if not eval_set and args.eval_strategy != "no":
+        raise ConfigError(f"train.eval_strategy={args.eval_strategy.value} but there is no eval split. Set "
+                          "data.test_size (e.g. 0.05 or 32), use a dataset with an official dev split, or set "
+                          "train.eval_strategy=no.")
     if not train_set:
         raise MedtuneError(f"No training examples left (prepared {len(train_rows)}, {train_too_long} had no "
                            f"answer token within data.max_length={cfg.data.max_length}). See {report['output_dir']}.")
 
-    # Model: the method decides what trains.
+    # Model: the method decides what trains. Seed first: adapter weights are initialised here,
+    # before the Trainer would seed, and an unseeded init makes runs irreproducible.
+    set_seed(args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg)
 
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-                      processing_class=tokenizer)
+    train_rows_or_bins, collator = batching(train_set, tokenizer, cfg.data)
+    trainer = Trainer(model=model, args=args, train_dataset=train_rows_or_bins, eval_dataset=eval_set or None,
+                      data_collator=collator, processing_class=tokenizer)
     metrics: dict[str, Any] = {"train_examples": len(train_set), "eval_examples": len(eval_set),
+                               "train_rows": len(train_rows_or_bins),
                                "dropped_too_long": {"train": train_too_long, "eval": eval_too_long}}
     if eval_set and not resume:
         metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
     result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, global_step=result.global_step)
+    metrics.update(train_loss=result.training_loss, global_step=result.global_step,
+                   padding_efficiency=collator.efficiency)
     if eval_set:
         metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
 
