@@ -38,3 +38,18 @@ with (out / "quickstart_questions.jsonl").open("w", encoding="utf-8") as f:
         f.write(json.dumps({"question": r["ask"].strip(), "reference": r["answer"].strip(),
                             "department": r["department"]}, ensure_ascii=False) + "\n")
 print(f"{len(train)} training rows, {len(held)} held-out questions from {len(rows)} rows")
+
+# Preference pairs for rm/dpo recipes: the true answer (chosen) against the answer to a question
+# from another department (rejected): a relevance preference, cMedQA2-negative style, from MIT data.
+rng = random.Random(7)
+pairs = []
+for r in train[:120]:
+    other = rng.choice([o for o in train if o["department"] != r["department"]])
+    pairs.append({"prompt": r["ask"].strip(), "chosen": r["answer"].strip(), "rejected": other["answer"].strip()})
+with (out / "toyhom_pairs.jsonl").open("w", encoding="utf-8") as f:
+    for p in pairs:
+        f.write(json.dumps(p, ensure_ascii=False) + "\n")
+# Plain medical text for continued pretraining: the doctors' answers, one document per line.
+(out / "toyhom_answers.txt").write_text("\n".join(r["answer"].strip().replace("\n", " ") for r in train) + "\n",
+                                        encoding="utf-8")
+print(f"{len(pairs)} preference pairs, {len(train)} pretraining documents")

@@ -29,10 +29,11 @@ def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str
             slot = len(bins) - 1
         bins[slot].append(ex)
         room[slot] -= n
-    return [_concat(b) for b in bins]
+    return [concat(b) for b in bins]
 
 
-def _concat(samples: list[dict[str, list[int]]]) -> dict[str, list[int]]:
+def concat(samples: list[dict[str, list[int]]]) -> dict[str, list[int]]:
+    """One row from several samples: positions restart and the first label is masked per sample."""
     row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
     for s in samples:
         row["input_ids"] += s["input_ids"]

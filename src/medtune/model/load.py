@@ -52,15 +52,16 @@ def load_tokenizer(path: str, template: ChatTemplate, trust_remote_code: bool = 
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, merge_adapters: bool = True,
-               quantization_bits: int | None = None) -> tuple[Any, Any, ChatTemplate]:
+def load_model(cfg: ModelConfig, merge_adapters: bool = True, quantization_bits: int | None = None,
+               reward_head: bool = False) -> tuple[Any, Any, ChatTemplate]:
     """Base model + tokenizer + template, with `cfg.adapters` applied (merged for fast inference).
 
     `quantization_bits` (4/8) loads the base through bitsandbytes for QLoRA; inference and export
-    load full precision, so a QLoRA adapter is merged into a de-quantised base.
+    load full precision, so a QLoRA adapter is merged into a de-quantised base. `reward_head` loads
+    the model with a one-output sequence-classification head instead of the LM head (stage rm).
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     template = load_template(cfg.template)
     path = resolve_model_path(cfg.name_or_path)
@@ -71,8 +72,11 @@ def load_model(cfg: ModelConfig, merge_adapters: bool = True,
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if quantization_bits:
         kwargs.update(_bnb(quantization_bits, dtype))
+    if reward_head:
+        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = (AutoModelForSequenceClassification if reward_head else AutoModelForCausalLM).from_pretrained(
+            path, **kwargs)
     except OSError as e:
         raise MedtuneError(_not_found(path, e)) from None
     if merge_adapters:

@@ -25,24 +25,24 @@ def quantization_for(cfg: Config) -> int | None:
 
 
 @METHODS.register("lora", "LoRA adapters (peft); continues training the last of model.adapters if given")
-def lora(model: Any, cfg: Config) -> Any:
-    return _lora(model, cfg)
+def lora(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
+    return _lora(model, cfg, task_type)
 
 
 @METHODS.register("dora", "weight-decomposed LoRA (peft use_dora)")
-def dora(model: Any, cfg: Config) -> Any:
-    return _lora(model, cfg, use_dora=True)
+def dora(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
+    return _lora(model, cfg, task_type, use_dora=True)
 
 
 @METHODS.register("qlora", "LoRA on a 4-bit (or 8-bit) bitsandbytes base; export merges into a de-quantised base")
-def qlora(model: Any, cfg: Config) -> Any:
+def qlora(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return _lora(model, cfg)
+    return _lora(model, cfg, task_type)
 
 
-def _lora(model: Any, cfg: Config, use_dora: bool = False) -> Any:
+def _lora(model: Any, cfg: Config, task_type: str, use_dora: bool = False) -> Any:
     from peft import LoraConfig, get_peft_model
 
     if cfg.model.adapters:
@@ -53,13 +53,13 @@ def _lora(model: Any, cfg: Config, use_dora: bool = False) -> Any:
         c = cfg.finetune.lora
         model = get_peft_model(model, LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
                                                  target_modules=c.target_modules, use_dora=use_dora,
-                                                 task_type="CAUSAL_LM"))
+                                                 task_type=task_type))
     _log_trainable(model)
     return model
 
 
 @METHODS.register("full", "all parameters trainable (earlier adapters are merged first)")
-def full(model: Any, cfg: Config) -> Any:
+def full(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
     model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=True)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -68,7 +68,7 @@ def full(model: Any, cfg: Config) -> Any:
 
 
 @METHODS.register("freeze", "train only the last finetune.freeze.trainable_layers layers (+ named modules)")
-def freeze(model: Any, cfg: Config) -> Any:
+def freeze(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
     model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=True)
     c = cfg.finetune.freeze
     layers = _decoder_layers(model)
@@ -77,8 +77,10 @@ def freeze(model: Any, cfg: Config) -> Any:
     model.requires_grad_(False)
     for layer in layers[len(layers) - c.trainable_layers:]:
         layer.requires_grad_(True)
+    # A reward model's new score head must always train.
+    extra = [*c.trainable_modules, *(["score"] if task_type == "SEQ_CLS" else [])]
     for name, p in model.named_parameters():
-        if any(m in name for m in c.trainable_modules):
+        if any(m in name for m in extra):
             p.requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("finetune.freeze leaves nothing trainable: raise trainable_layers or name trainable_modules.")
@@ -87,21 +89,21 @@ def freeze(model: Any, cfg: Config) -> Any:
 
 
 @METHODS.register("prefix", "prefix tuning (peft PrefixTuningConfig): trainable key/value prefixes per layer")
-def prefix(model: Any, cfg: Config) -> Any:
+def prefix(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
     from peft import PrefixTuningConfig, get_peft_model
 
-    model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM",
+    model = get_peft_model(model, PrefixTuningConfig(task_type=task_type,
                                                      num_virtual_tokens=cfg.finetune.prefix.num_virtual_tokens))
     _log_trainable(model)
     return model
 
 
 @METHODS.register("ptuning", "P-tuning v2 style trainable prompt encoder (peft PromptEncoderConfig)")
-def ptuning(model: Any, cfg: Config) -> Any:
+def ptuning(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
     from peft import PromptEncoderConfig, get_peft_model
 
     c = cfg.finetune.prefix
-    model = get_peft_model(model, PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=c.num_virtual_tokens,
+    model = get_peft_model(model, PromptEncoderConfig(task_type=task_type, num_virtual_tokens=c.num_virtual_tokens,
                                                       encoder_hidden_size=c.encoder_hidden_size))
     _log_trainable(model)
     return model

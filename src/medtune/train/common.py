@@ -36,27 +36,35 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def training_arguments(cfg: Config) -> tuple[Any, Any]:
-    """TrainingArguments from `train:` (validated against its real fields) and the resume target."""
+def training_arguments(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> tuple[Any, Any]:
+    """Trainer arguments from `train:` and the resume target.
+
+    `config_class` is transformers.TrainingArguments or a TRL config (DPOConfig, RewardConfig, ...);
+    the `train:` keys are validated against its real fields, so a typo fails before any work.
+    `stage_defaults` are the stage's own defaults, under the user's values.
+    """
     import torch
     from transformers import TrainingArguments
 
+    config_class = config_class or TrainingArguments
     user = dict(cfg.train)
     resume = user.pop("resume_from_checkpoint", None)
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    known = {f.name for f in dataclasses.fields(config_class)}
     for key in user:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean 'train.{close[0]}'?" if close else ""
             raise ConfigError(f"Unknown config key 'train.{key}'.{hint} The train: block takes "
-                              "transformers.TrainingArguments fields.")
-    args = {**DEFAULTS, **user}
+                              f"{config_class.__module__.split('.')[0]}.{config_class.__name__} fields.")
+    args = {**DEFAULTS, **{k: v for k, v in stage_defaults.items() if k in known}, **user}
+    if "gradient_checkpointing" in known and "gradient_checkpointing" not in user and config_class is not TrainingArguments:
+        args["gradient_checkpointing"] = False  # TRL turns it on by default; at CPU sizes it only costs time
     if not torch.cuda.is_available():
         args.update(use_cpu=True, bf16=False, fp16=False)
     if args.get("eval_strategy", "no") != "no" and "eval_steps" not in args:
         args["eval_steps"] = args.get("save_steps")
     try:
-        return TrainingArguments(**args), resume
+        return config_class(**args), resume
     except (ValueError, TypeError) as e:
         raise ConfigError(f"Invalid train: settings: {e}") from None
 

@@ -1,0 +1,102 @@
+"""Preference stages on TRL: a reward model (`rm`) and direct alignment (`dpo`, `orpo`, `simpo`, `kto`).
+
+All read medtune's pairwise shape `{"prompt": [...], "chosen": [...], "rejected": [...]}`, which is
+TRL's conversational preference format, rendered by the tokenizer's chat template (ours). Each stage
+is one row of `TRAINERS`: which TRL trainer and config run it, and the config values that make the
+stage what it is (SimPO is TRL's CPO with `loss_type=simpo`). The `train:` block is validated
+against that TRL config, so stage knobs such as `train.beta` or `train.loss_type` pass straight through.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import partial
+from typing import Any
+
+from medtune.config import Config, dump_config
+from medtune.data.prepare import load_prepared, prepare
+from medtune.errors import ConfigError, MedtuneError
+from medtune.model.load import load_model
+from medtune.model.methods import METHODS, quantization_for
+from medtune.train import STAGES
+from medtune.train.common import plot_loss, split_eval, training_arguments, write_json
+
+log = logging.getLogger(__name__)
+
+# stage: (trainer, config, stage-defining defaults, help)
+TRAINERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "rm": ("trl:RewardTrainer", "trl:RewardConfig", {},
+           "reward model on preference pairs (sequence-classification head); reports pairwise accuracy"),
+    "dpo": ("trl:DPOTrainer", "trl:DPOConfig", {}, "direct preference optimisation (TRL DPOTrainer)"),
+    "orpo": ("trl.experimental.orpo:ORPOTrainer", "trl.experimental.orpo:ORPOConfig", {},
+             "odds-ratio preference optimisation, no reference model (TRL ORPOTrainer)"),
+    "simpo": ("trl.experimental.cpo:CPOTrainer", "trl.experimental.cpo:CPOConfig",
+              {"loss_type": "simpo", "cpo_alpha": 0.0}, "SimPO: length-normalised, reference-free (TRL CPO, loss_type=simpo)"),
+    "kto": ("trl:KTOTrainer", "trl:KTOConfig", {},
+            "KTO on unpaired good/bad answers (each pair becomes one desirable and one undesirable row)"),
+}
+
+
+def run(cfg: Config, stage: str) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import set_seed
+
+    trainer_path, config_path, stage_defaults, _ = TRAINERS[stage]
+    trainer_cls, config_cls = _import(trainer_path), _import(config_path)
+    out = cfg.output_dir
+    dump_config(cfg, out)
+    args, resume = training_arguments(cfg, config_cls, max_length=cfg.data.max_length, **stage_defaults)
+
+    report = prepare(cfg)
+    train_rows, eval_rows = (_rows(rows, stage) for rows in split_eval(load_prepared(report), cfg.data))
+    if not train_rows:
+        raise MedtuneError(f"No preference pairs to train on; see {report['output_dir']}/report.json.")
+    if not eval_rows and args.eval_strategy != "no":
+        raise ConfigError("train.eval_strategy is set but there is no eval split: set data.test_size.")
+
+    model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg),
+                                     reward_head=stage == "rm")
+    set_seed(args.seed)
+    model = METHODS.get(cfg.finetune.method)(model, cfg, task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM")
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                          processing_class=tokenizer)
+    metrics: dict[str, Any] = {"train_pairs": len(train_rows), "eval_pairs": len(eval_rows)}
+    if eval_rows and not resume:
+        metrics.update({f"{k}_before": v for k, v in trainer.evaluate().items() if _reported(k)})
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(train_loss=result.training_loss, global_step=result.global_step)
+    if eval_rows:
+        metrics.update({f"{k}_after": v for k, v in trainer.evaluate().items() if _reported(k)})
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    trainer.save_state()
+    plot_loss(trainer.state.log_history, out / "loss.png")
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _rows(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
+    """Pairwise examples (meta dropped) in the shape the stage's TRL trainer reads."""
+    if any(not {"prompt", "chosen", "rejected"} <= set(r) for r in rows):
+        raise ConfigError(f"Stage {stage} trains on preference pairs: every dataset must have format "
+                          "`pairwise` (prompt / chosen / rejected); see `medtune ls formats`.")
+    pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    if stage != "kto":
+        return pairs
+    return [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+            for p in pairs for key in ("chosen", "rejected")]
+
+
+def _reported(key: str) -> bool:
+    return key.startswith("eval_") and not key.endswith(("runtime", "per_second", "preparation_time"))
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+for _stage, (_t, _c, _d, _help) in TRAINERS.items():
+    STAGES.register(_stage, _help)(partial(run, stage=_stage))

@@ -1,0 +1,80 @@
+"""Continued pretraining: documents joined with EOS and cut into fixed blocks (the WiNGPT recipe),
+with position ids restarting at each document so no document attends to another inside a block."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from medtune.config import Config, dump_config
+from medtune.data.packing import COUNT, CountingCollator, PackedCollator, concat
+from medtune.data.prepare import load_prepared, prepare
+from medtune.errors import ConfigError, MedtuneError
+from medtune.model.load import load_model
+from medtune.model.methods import METHODS, quantization_for
+from medtune.train import STAGES
+from medtune.train.common import plot_loss, split_eval, training_arguments, write_json
+
+log = logging.getLogger(__name__)
+
+
+@STAGES.register("pt", "continued pretraining on plain text: EOS-joined documents cut into data.max_length blocks")
+def run(cfg: Config) -> dict[str, Any]:
+    from transformers import Trainer, set_seed
+
+    out = cfg.output_dir
+    dump_config(cfg, out)
+    args, resume = training_arguments(cfg)
+
+    report = prepare(cfg)
+    train_docs, eval_docs = split_eval(load_prepared(report), cfg.data)
+    if any("text" not in d for d in train_docs + eval_docs):
+        raise ConfigError("Stage pt trains on plain text: every dataset must have format `text` "
+                          f"(got {', '.join(cfg.data.datasets)}; see `medtune ls formats`).")
+    model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg))
+    train_set, eval_set = (blocks(tokenizer, docs, cfg.data.max_length) for docs in (train_docs, eval_docs))
+    if not train_set:
+        raise MedtuneError(f"No text to train on; see {report['output_dir']}/report.json.")
+    if not eval_set and args.eval_strategy != "no":
+        raise ConfigError("train.eval_strategy is set but there is no eval split: set data.test_size.")
+
+    set_seed(args.seed)
+    model = METHODS.get(cfg.finetune.method)(model, cfg)
+    collator = CountingCollator(PackedCollator(tokenizer.pad_token_id))
+    trainer = Trainer(model=model, args=args, train_dataset=[{**b, COUNT: True} for b in train_set],
+                      eval_dataset=eval_set or None, data_collator=collator, processing_class=tokenizer)
+    metrics: dict[str, Any] = {"train_documents": len(train_docs), "train_blocks": len(train_set),
+                               "eval_blocks": len(eval_set), "block_size": cfg.data.max_length}
+    if eval_set and not resume:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(train_loss=result.training_loss, global_step=result.global_step,
+                   padding_efficiency=collator.efficiency)
+    if eval_set:
+        metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    trainer.save_state()
+    plot_loss(trainer.state.log_history, out / "loss.png")
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def blocks(tokenizer: Any, docs: list[dict[str, Any]], size: int) -> list[dict[str, list[int]]]:
+    """Tokenise documents (+ EOS), stream them into blocks of exactly `size` tokens (the last may be
+    shorter); a document longer than the room left continues in the next block."""
+    rows, pieces, room = [], [], size
+    for doc in docs:
+        ids = tokenizer(doc["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+            ids = [tokenizer.bos_token_id, *ids]
+        while ids:
+            piece, ids = ids[:room], ids[room:]
+            pieces.append({"input_ids": piece, "labels": piece})
+            room -= len(piece)
+            if room == 0:
+                rows.append(concat(pieces))
+                pieces, room = [], size
+    if pieces:
+        rows.append(concat(pieces))
+    return rows

@@ -1,0 +1,72 @@
+"""Every shipped tiny stage config trains offline in seconds and changes what it should."""
+
+import json
+
+import pytest
+from conftest import ROOT
+from safetensors.torch import load_file
+
+from medtune.cli import main
+
+TINY = ROOT / "configs" / "tiny"
+
+
+@pytest.mark.parametrize("stage", ["dpo", "orpo", "simpo", "kto"])
+def test_alignment_stage_trains_an_adapter(stage, tmp_path):
+    assert main(["train", str(TINY / f"{stage}_lora.yaml"), f"train.output_dir={tmp_path}"]) == 0
+    weights = load_file(tmp_path / "adapter_model.safetensors")
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and all(w.abs().sum() > 0 for w in lora_b)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["global_step"] == 6 and "eval_loss_after" in metrics
+    assert metrics["train_pairs"] == 48 - 16 if stage != "kto" else metrics["train_pairs"] == 2 * (48 - 16)
+
+
+def test_reward_model_learns_its_pairs_and_trains_its_score_head(tmp_path):
+    assert main(["train", str(TINY / "rm_lora.yaml"), f"train.output_dir={tmp_path / 'full'}", "data.max_samples=16",
+                 "data.test_size=0", "train.eval_strategy=no", "train.num_train_epochs=12",
+                 "train.learning_rate=3e-3", "finetune.method=full", "train.save_steps=1000"]) == 0
+    state = json.loads((tmp_path / "full/trainer_state.json").read_text())
+    accuracy = [h["accuracy"] for h in state["log_history"] if "accuracy" in h]
+    assert accuracy[0] < 0.9 and accuracy[-1] == 1.0
+    # LoRA reward model: the new score head is saved with the adapter (it must train from scratch).
+    assert main(["train", str(TINY / "rm_lora.yaml"), f"train.output_dir={tmp_path / 'lora'}"]) == 0
+    keys = load_file(tmp_path / "lora/adapter_model.safetensors").keys()
+    assert any("score" in k for k in keys) and any("lora_B" in k for k in keys)
+    metrics = json.loads((tmp_path / "lora/metrics.json").read_text())
+    assert {"eval_accuracy_before", "eval_accuracy_after"} <= set(metrics)
+
+
+def test_pretraining_blocks_keep_documents_apart():
+    from transformers import AutoTokenizer
+
+    from medtune.model.tiny import tiny_model_path
+    from medtune.train.pt import blocks
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path("llama"))
+    docs = [{"text": "发热是常见症状。"}, {"text": "高血压患者应低盐饮食，规律服药。"}, {"text": "多喝水"}]
+    ids = [tok(d["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in docs]
+    size = len(ids[0]) + 3
+    rows = blocks(tok, docs, size)
+    stream = [t for doc in ids for t in doc]
+    assert [t for r in rows for t in r["input_ids"]] == stream  # nothing lost, EOS after every document
+    assert all(len(r["input_ids"]) == size for r in rows[:-1])
+    # Positions restart where a document (or its continuation into the next block) starts.
+    first = rows[0]["position_ids"]
+    assert first == list(range(len(ids[0]))) + [0, 1, 2]
+
+
+def test_pt_stage_trains(tmp_path):
+    assert main(["train", str(TINY / "pt_lora.yaml"), f"train.output_dir={tmp_path}"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_blocks"] > 0 and metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert metrics["padding_efficiency"] > 0.9  # fixed blocks: only the last one is short
+
+
+def test_stage_rejects_the_wrong_data_shape(tmp_path, capsys):
+    assert main(["train", str(TINY / "dpo_lora.yaml"), f"train.output_dir={tmp_path}",
+                 "data.datasets=[toyhom_neike_sample]"]) == 2
+    assert "Stage dpo trains on preference pairs" in capsys.readouterr().err
+    assert main(["train", str(TINY / "pt_lora.yaml"), f"train.output_dir={tmp_path}",
+                 "data.datasets=[toyhom_pairs]"]) == 2
+    assert "Stage pt trains on plain text" in capsys.readouterr().err
