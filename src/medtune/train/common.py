@@ -103,12 +103,49 @@ def split_eval(groups: dict[str, list[dict[str, Any]]], data: DataConfig) -> tup
     return train, dev
 
 
+def require_eval_split(args: Any, has_eval: bool) -> None:
+    """Fail before any work when evaluation is scheduled but nothing was held out."""
+    if not has_eval and args.eval_strategy != "no":
+        raise ConfigError(f"train.eval_strategy={args.eval_strategy.value} but there is no eval split. Set "
+                          "data.test_size (e.g. 0.05 or 32), use a dataset with an official dev split, or set "
+                          "train.eval_strategy=no.")
+
+
+def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, Any], resume: Any,
+                   has_eval: bool) -> dict[str, Any]:
+    """The tail every stage shares: eval → train → eval, then weights, tokenizer (with the chat
+    template), trainer state, loss plot and metrics.json into `out`."""
+    if has_eval and not resume:  # after a resume, "before" would measure a fresh model, not the run
+        metrics.update({f"{k}_before": v for k, v in trainer.evaluate().items() if _reported(k)})
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(train_loss=result.training_loss, global_step=result.global_step)
+    efficiency = getattr(trainer.data_collator, "efficiency", None)  # set by CountingCollator
+    if efficiency is not None:
+        metrics["padding_efficiency"] = efficiency
+    if has_eval:
+        metrics.update({f"{k}_after": v for k, v in trainer.evaluate().items() if _reported(k)})
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    trainer.save_state()
+    plot_loss(trainer.state.log_history, out / "loss.png", metrics.get("eval_loss_before"))
+    write_json(out / "metrics.json", metrics)
+    log.info("saved to %s: %s", out, {k: v for k, v in metrics.items() if "loss" in k})
+    return metrics
+
+
+def _reported(key: str) -> bool:
+    return key.startswith("eval_") and not key.endswith(("runtime", "per_second", "preparation_time"))
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
-def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path:
-    """Plot training (and eval) loss against steps; the file every run leaves next to its weights."""
+def plot_loss(log_history: list[dict[str, Any]], path: Path, eval_before: float | None = None) -> Path:
+    """Plot training (and eval) loss against steps; the file every run leaves next to its weights.
+
+    `eval_before` (the eval loss before training) is drawn at step 0: Trainer.train() starts a fresh
+    log history, so the pre-training evaluation would otherwise be missing from the curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,6 +154,8 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
         points = [(h["step"], h[key]) for h in log_history if key in h]
+        if key == "eval_loss" and eval_before is not None:
+            points = [(0, eval_before), *points]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
     ax.set_xlabel("step")

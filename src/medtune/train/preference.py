@@ -20,7 +20,7 @@ from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import plot_loss, split_eval, training_arguments, write_json
+from medtune.train.common import require_eval_split, split_eval, train_and_save, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def run(cfg: Config, stage: str) -> dict[str, Any]:
     train_rows, eval_rows = (_rows(rows, stage) for rows in split_eval(load_prepared(report), cfg.data))
     if not train_rows:
         raise MedtuneError(f"No preference pairs to train on; see {report['output_dir']}/report.json.")
-    if not eval_rows and args.eval_strategy != "no":
-        raise ConfigError("train.eval_strategy is set but there is no eval split: set data.test_size.")
+    require_eval_split(args, bool(eval_rows))
 
     model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg),
                                      reward_head=stage == "rm")
@@ -63,18 +62,7 @@ def run(cfg: Config, stage: str) -> dict[str, Any]:
                           eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                           processing_class=tokenizer)
     metrics: dict[str, Any] = {"train_pairs": len(train_rows), "eval_pairs": len(eval_rows)}
-    if eval_rows and not resume:
-        metrics.update({f"{k}_before": v for k, v in trainer.evaluate().items() if _reported(k)})
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, global_step=result.global_step)
-    if eval_rows:
-        metrics.update({f"{k}_after": v for k, v in trainer.evaluate().items() if _reported(k)})
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    trainer.save_state()
-    plot_loss(trainer.state.log_history, out / "loss.png")
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_rows))
 
 
 def _rows(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
@@ -87,10 +75,6 @@ def _rows(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
         return pairs
     return [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
             for p in pairs for key in ("chosen", "rejected")]
-
-
-def _reported(key: str) -> bool:
-    return key.startswith("eval_") and not key.endswith(("runtime", "per_second", "preparation_time"))
 
 
 def _import(path: str) -> Any:

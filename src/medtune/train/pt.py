@@ -13,7 +13,7 @@ from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import plot_loss, split_eval, training_arguments, write_json
+from medtune.train.common import require_eval_split, split_eval, train_and_save, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ def run(cfg: Config) -> dict[str, Any]:
     train_set, eval_set = (blocks(tokenizer, docs, cfg.data.max_length) for docs in (train_docs, eval_docs))
     if not train_set:
         raise MedtuneError(f"No text to train on; see {report['output_dir']}/report.json.")
-    if not eval_set and args.eval_strategy != "no":
-        raise ConfigError("train.eval_strategy is set but there is no eval split: set data.test_size.")
+    require_eval_split(args, bool(eval_set))
 
     set_seed(args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg)
@@ -45,19 +44,7 @@ def run(cfg: Config) -> dict[str, Any]:
                       eval_dataset=eval_set or None, data_collator=collator, processing_class=tokenizer)
     metrics: dict[str, Any] = {"train_documents": len(train_docs), "train_blocks": len(train_set),
                                "eval_blocks": len(eval_set), "block_size": cfg.data.max_length}
-    if eval_set and not resume:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, global_step=result.global_step,
-                   padding_efficiency=collator.efficiency)
-    if eval_set:
-        metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    trainer.save_state()
-    plot_loss(trainer.state.log_history, out / "loss.png")
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_set))
 
 
 def blocks(tokenizer: Any, docs: list[dict[str, Any]], size: int) -> list[dict[str, list[int]]]:

@@ -7,11 +7,18 @@ from typing import Any
 
 from medtune.config import Config, dump_config
 from medtune.data.prepare import load_prepared, prepare
-from medtune.errors import ConfigError, MedtuneError
+from medtune.errors import MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import batching, encode_split, plot_loss, split_eval, training_arguments, write_json
+from medtune.train.common import (
+    batching,
+    encode_split,
+    require_eval_split,
+    split_eval,
+    train_and_save,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +38,7 @@ def run(cfg: Config) -> dict[str, Any]:
                                            quantization_bits=quantization_for(cfg))
     train_set, train_too_long = encode_split(train_rows, tokenizer, template, cfg.data)
     eval_set, eval_too_long = encode_split(eval_rows, tokenizer, template, cfg.data)
-    if not eval_set and args.eval_strategy != "no":
-        raise ConfigError(f"train.eval_strategy={args.eval_strategy.value} but there is no eval split. Set "
-                          "data.test_size (e.g. 0.05 or 32), use a dataset with an official dev split, or set "
-                          "train.eval_strategy=no.")
+    require_eval_split(args, bool(eval_set))
     if not train_set:
         raise MedtuneError(f"No training examples left (prepared {len(train_rows)}, {train_too_long} had no "
                            f"answer token within data.max_length={cfg.data.max_length}). See {report['output_dir']}.")
@@ -50,19 +54,4 @@ def run(cfg: Config) -> dict[str, Any]:
     metrics: dict[str, Any] = {"train_examples": len(train_set), "eval_examples": len(eval_set),
                                "train_rows": len(train_rows_or_bins),
                                "dropped_too_long": {"train": train_too_long, "eval": eval_too_long}}
-    if eval_set and not resume:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, global_step=result.global_step,
-                   padding_efficiency=collator.efficiency)
-    if eval_set:
-        metrics["eval_loss_after"] = trainer.evaluate()["eval_loss"]
-
-    # Save: weights (an adapter for LoRA) + tokenizer carrying the chat template + loss plot.
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    trainer.save_state()
-    plot_loss(trainer.state.log_history, out / "loss.png")
-    write_json(out / "metrics.json", metrics)
-    log.info("saved to %s: %s", out, {k: v for k, v in metrics.items() if "loss" in k})
-    return metrics
+    return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_set))
