@@ -46,6 +46,8 @@ def training_arguments(cfg: Config, config_class: Any = None, **stage_defaults: 
     import torch
     from transformers import TrainingArguments
 
+    from medtune.train.checkpoints import resolve_resume
+
     config_class = config_class or TrainingArguments
     user = dict(cfg.train)
     resume = user.pop("resume_from_checkpoint", None)
@@ -64,9 +66,10 @@ def training_arguments(cfg: Config, config_class: Any = None, **stage_defaults: 
     if args.get("eval_strategy", "no") != "no" and "eval_steps" not in args:
         args["eval_steps"] = args.get("save_steps")
     try:
-        return config_class(**args), resume
+        parsed = config_class(**args)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"Invalid train: settings: {e}") from None
+    return parsed, resolve_resume(resume, parsed.output_dir)
 
 
 def encode_split(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTemplate,
@@ -115,6 +118,9 @@ def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, A
                    has_eval: bool) -> dict[str, Any]:
     """The tail every stage shares: eval → train → eval, then weights, tokenizer (with the chat
     template), trainer state, loss plot and metrics.json into `out`."""
+    from medtune.train.checkpoints import CommitCheckpoints
+
+    trainer.add_callback(CommitCheckpoints())
     if has_eval and not resume:  # after a resume, "before" would measure a fresh model, not the run
         metrics.update({f"{k}_before": v for k, v in trainer.evaluate().items() if _reported(k)})
     result = trainer.train(resume_from_checkpoint=resume)
