@@ -105,6 +105,10 @@ class DataConfig:
     max_length: int = 512
     # Which assistant turns carry loss: "all" or "last".
     mask: str = "all"
+    # Sampling ratios per dataset for the training mixture, e.g. {general_chat: 1, cmedqa2: 3};
+    # empty: every row of every dataset once. mix_size: rows in the mixture (default: no reuse).
+    mix: dict[str, float] = field(default_factory=dict)
+    mix_size: int | None = None
     # Pack several samples per row (greedy bins of max_length; samples never attend to each other).
     packing: bool = False
     # Eval split when no dataset ships an official dev split: a fraction (<1) or a row count.

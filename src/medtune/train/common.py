@@ -12,6 +12,7 @@ from typing import Any
 
 from medtune.config import Config, DataConfig
 from medtune.data.encode import IGNORE_INDEX, encode_messages
+from medtune.data.mixing import mix
 from medtune.data.packing import COUNT, CountingCollator, PackedCollator, pack
 from medtune.data.templates import ChatTemplate
 from medtune.errors import ConfigError
@@ -97,13 +98,31 @@ def batching(rows: list[dict[str, list[int]]], tokenizer: Any, data: DataConfig)
 
 
 def split_eval(groups: dict[str, list[dict[str, Any]]], data: DataConfig) -> tuple[list, list]:
-    """Train and eval rows: an official dev split if a dataset has one, else `test_size` held out."""
+    """Train and eval rows: an official dev split if a dataset has one, else `test_size` held out.
+    With `data.mix`, the training rows (never the held-out ones) are then sampled to its ratios."""
     train, dev = list(groups["train"]), list(groups["dev"])
     if not dev and data.test_size:
         n = int(data.test_size) if data.test_size >= 1 else round(len(train) * data.test_size)
         random.Random(data.seed).shuffle(train)
         dev, train = train[:n], train[n:]
+    if data.mix:
+        train, counts = mix(train, data.mix, data.mix_size, data.seed)
+        log.info("training mixture: %s", counts)
     return train, dev
+
+
+def encode_eval(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTemplate,
+                data: DataConfig) -> tuple[Any, int, int]:
+    """Encoded eval rows: one set, or one per dataset when there are several, so the Trainer logs
+    `eval_<dataset>_loss` for each (the forgetting signal of a general:medical mixture).
+    Returns (set or dict of sets, rows encoded, rows with no answer token left)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r.get("meta", {}).get("dataset", "eval"), []).append(r)
+    encoded = {name: encode_split(g, tokenizer, template, data) for name, g in groups.items()}
+    sets = {name: enc for name, (enc, _) in encoded.items() if enc}
+    count, too_long = sum(len(e) for e in sets.values()), sum(t for _, t in encoded.values())
+    return (sets if len(sets) > 1 else next(iter(sets.values()), [])), count, too_long
 
 
 def require_eval_split(args: Any, has_eval: bool) -> None:
@@ -158,12 +177,14 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path, eval_before: float 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+    eval_keys = sorted({k for h in log_history for k in h if k.startswith("eval_") and k.endswith("_loss")})
+    for key in ["loss", *eval_keys]:
         points = [(h["step"], h[key]) for h in log_history if key in h]
         if key == "eval_loss" and eval_before is not None:
             points = [(0, eval_before), *points]
+        label = "train loss" if key == "loss" else key.removeprefix("eval_").replace("_", " ")
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
+            ax.plot(*zip(*points, strict=True), marker="o" if key != "loss" else None, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()

@@ -13,6 +13,7 @@ from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
 from medtune.train.common import (
     batching,
+    encode_eval,
     encode_split,
     require_eval_split,
     split_eval,
@@ -37,7 +38,7 @@ def run(cfg: Config) -> dict[str, Any]:
     model, tokenizer, template = load_model(cfg.model, merge_adapters=False,
                                            quantization_bits=quantization_for(cfg))
     train_set, train_too_long = encode_split(train_rows, tokenizer, template, cfg.data)
-    eval_set, eval_too_long = encode_split(eval_rows, tokenizer, template, cfg.data)
+    eval_set, eval_count, eval_too_long = encode_eval(eval_rows, tokenizer, template, cfg.data)
     require_eval_split(args, bool(eval_set))
     if not train_set:
         raise MedtuneError(f"No training examples left (prepared {len(train_rows)}, {train_too_long} had no "
@@ -51,7 +52,7 @@ def run(cfg: Config) -> dict[str, Any]:
     train_rows_or_bins, collator = batching(train_set, tokenizer, cfg.data)
     trainer = Trainer(model=model, args=args, train_dataset=train_rows_or_bins, eval_dataset=eval_set or None,
                       data_collator=collator, processing_class=tokenizer)
-    metrics: dict[str, Any] = {"train_examples": len(train_set), "eval_examples": len(eval_set),
+    metrics: dict[str, Any] = {"train_examples": len(train_set), "eval_examples": eval_count,
                                "train_rows": len(train_rows_or_bins),
                                "dropped_too_long": {"train": train_too_long, "eval": eval_too_long}}
     return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_set))
