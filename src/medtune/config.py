@@ -312,8 +312,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def dump_config(cfg: Config, directory: str | Path) -> Path:
     """Write the resolved config next to a run's outputs, so every artifact says how it was made."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / "config.yaml"
-    path.write_text(yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
+    from medtune.data.io import atomic_write_text  # every rank of a multi-process run writes it
+
+    return atomic_write_text(Path(directory) / "config.yaml",
+                             yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False))

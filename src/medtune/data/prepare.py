@@ -56,8 +56,7 @@ def prepare(cfg: Config) -> dict[str, Any]:
         io.write_jsonl(out / "dropped" / f"{reason}.jsonl", rows)
     report["kept"] = sum(d["kept"] for d in report["datasets"].values())
     report["dropped"] = dict(sum((Counter(d["dropped"]) for d in report["datasets"].values()), Counter()))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    io.atomic_write_text(out / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
     return report
 
 

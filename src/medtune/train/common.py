@@ -12,6 +12,7 @@ from typing import Any
 
 from medtune.config import Config, DataConfig
 from medtune.data.encode import IGNORE_INDEX, encode_messages
+from medtune.data.io import atomic_write_text
 from medtune.data.mixing import mix
 from medtune.data.packing import COUNT, CountingCollator, PackedCollator, pack
 from medtune.data.templates import ChatTemplate
@@ -149,11 +150,12 @@ def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, A
         metrics["padding_efficiency"] = efficiency
     if has_eval:
         metrics.update({f"{k}_after": v for k, v in trainer.evaluate().items() if _reported(k)})
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    trainer.save_model(str(out))  # the Trainer saves on the main process only
     trainer.save_state()
-    plot_loss(trainer.state.log_history, out / "loss.png", metrics.get("eval_loss_before"))
-    write_json(out / "metrics.json", metrics)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out))
+        plot_loss(trainer.state.log_history, out / "loss.png", metrics.get("eval_loss_before"))
+        write_json(out / "metrics.json", metrics)
     log.info("saved to %s: %s", out, {k: v for k, v in metrics.items() if "loss" in k})
     return metrics
 
@@ -163,7 +165,7 @@ def _reported(key: str) -> bool:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2), encoding="utf-8")
+    atomic_write_text(path, json.dumps(payload, ensure_ascii=False, indent=2))
 
 
 def plot_loss(log_history: list[dict[str, Any]], path: Path, eval_before: float | None = None) -> Path:
