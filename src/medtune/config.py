@@ -126,6 +126,9 @@ class FinetuneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     prefix: PrefixConfig = field(default_factory=PrefixConfig)
+    # sft/pt: compute the LM loss in chunks of this many tokens without materialising the full
+    # [tokens × vocab] logits (for large vocabularies such as Gemma's 262k); null: the model's own loss.
+    loss_chunk_size: int | None = None
 
 
 @dataclass

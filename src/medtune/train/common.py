@@ -134,6 +134,22 @@ def require_eval_split(args: Any, has_eval: bool) -> None:
                           "train.eval_strategy=no.")
 
 
+def make_trainer(cfg: Config, model: Any, args: Any, tokenizer: Any, train_set: Any, eval_set: Any,
+                 collator: Any) -> Any:
+    """transformers Trainer for the LM stages (sft, pt), with the lean loss when configured."""
+    from transformers import Trainer
+
+    loss_func = None
+    if cfg.finetune.loss_chunk_size:
+        from medtune.train.lean_loss import install
+
+        loss_func, restore = install(model, cfg.finetune.loss_chunk_size)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+                      data_collator=collator, processing_class=tokenizer, compute_loss_func=loss_func)
+    trainer.restore_head = restore if loss_func else None  # put the real LM head back before saving
+    return trainer
+
+
 def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, Any], resume: Any,
                    has_eval: bool) -> dict[str, Any]:
     """The tail every stage shares: eval → train → eval, then weights, tokenizer (with the chat
@@ -144,12 +160,16 @@ def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, A
     if has_eval and not resume:  # after a resume, "before" would measure a fresh model, not the run
         metrics.update({f"{k}_before": v for k, v in trainer.evaluate().items() if _reported(k)})
     result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, global_step=result.global_step)
-    efficiency = getattr(trainer.data_collator, "efficiency", None)  # set by CountingCollator
-    if efficiency is not None:
-        metrics["padding_efficiency"] = efficiency
+    metrics.update(train_loss=result.training_loss, global_step=result.global_step,
+                   train_runtime=result.metrics.get("train_runtime"))
+    collator = trainer.data_collator
+    if getattr(collator, "efficiency", None) is not None:  # a CountingCollator: real vs processed tokens
+        metrics.update(padding_efficiency=collator.efficiency, train_tokens=collator.real,
+                       processed_tokens=collator.processed)
     if has_eval:
         metrics.update({f"{k}_after": v for k, v in trainer.evaluate().items() if _reported(k)})
+    if getattr(trainer, "restore_head", None):
+        trainer.restore_head()
     trainer.save_model(str(out))  # the Trainer saves on the main process only
     trainer.save_state()
     if trainer.is_world_process_zero():

@@ -13,14 +13,20 @@ from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import require_eval_split, split_eval, train_and_save, training_arguments
+from medtune.train.common import (
+    make_trainer,
+    require_eval_split,
+    split_eval,
+    train_and_save,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
 
 @STAGES.register("pt", "continued pretraining on plain text: EOS-joined documents cut into data.max_length blocks")
 def run(cfg: Config) -> dict[str, Any]:
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     out = cfg.output_dir
     dump_config(cfg, out)
@@ -40,8 +46,7 @@ def run(cfg: Config) -> dict[str, Any]:
     set_seed(args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg)
     collator = CountingCollator(PackedCollator(tokenizer.pad_token_id))
-    trainer = Trainer(model=model, args=args, train_dataset=[{**b, COUNT: True} for b in train_set],
-                      eval_dataset=eval_set or None, data_collator=collator, processing_class=tokenizer)
+    trainer = make_trainer(cfg, model, args, tokenizer, [{**b, COUNT: True} for b in train_set], eval_set, collator)
     metrics: dict[str, Any] = {"train_documents": len(train_docs), "train_blocks": len(train_set),
                                "eval_blocks": len(eval_set), "block_size": cfg.data.max_length}
     return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_set))

@@ -15,6 +15,7 @@ from medtune.train.common import (
     batching,
     encode_eval,
     encode_split,
+    make_trainer,
     require_eval_split,
     split_eval,
     train_and_save,
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @STAGES.register("sft", "supervised fine-tuning on conversations (loss on assistant turns only)")
 def run(cfg: Config) -> dict[str, Any]:
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     out = cfg.output_dir
     dump_config(cfg, out)
@@ -50,8 +51,7 @@ def run(cfg: Config) -> dict[str, Any]:
     model = METHODS.get(cfg.finetune.method)(model, cfg)
 
     train_rows_or_bins, collator = batching(train_set, tokenizer, cfg.data)
-    trainer = Trainer(model=model, args=args, train_dataset=train_rows_or_bins, eval_dataset=eval_set or None,
-                      data_collator=collator, processing_class=tokenizer)
+    trainer = make_trainer(cfg, model, args, tokenizer, train_rows_or_bins, eval_set, collator)
     metrics: dict[str, Any] = {"train_examples": len(train_set), "eval_examples": eval_count,
                                "train_rows": len(train_rows_or_bins),
                                "dropped_too_long": {"train": train_too_long, "eval": eval_too_long}}
