@@ -70,3 +70,20 @@ def test_stage_rejects_the_wrong_data_shape(tmp_path, capsys):
     assert main(["train", str(TINY / "pt_lora.yaml"), f"train.output_dir={tmp_path}",
                  "data.datasets=[toyhom_pairs]"]) == 2
     assert "Stage pt trains on plain text" in capsys.readouterr().err
+
+
+def test_grpo_optimises_against_the_trained_reward_model(tmp_path, capsys):
+    assert main(["train", str(TINY / "grpo_lora.yaml"), f"train.output_dir={tmp_path / 'x'}",
+                 "finetune.reward_model=null"]) == 2
+    assert "Stage grpo needs finetune.reward_model" in capsys.readouterr().err
+    assert main(["train", str(TINY / "rm_lora.yaml"), f"train.output_dir={tmp_path / 'rm'}"]) == 0
+    assert main(["train", str(TINY / "grpo_lora.yaml"), f"train.output_dir={tmp_path / 'grpo'}",
+                 f"finetune.reward_model={tmp_path / 'rm'}"]) == 0
+    weights = load_file(tmp_path / "grpo/adapter_model.safetensors")
+    assert all(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)
+    state = json.loads((tmp_path / "grpo/trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "reward" in h]
+    # Every step scored 4 sampled answers per prompt with the reward model and moved away from the start.
+    assert len(logged) == 4 and all(h["reward_std"] > 0 for h in logged) and logged[-1]["kl"] > 0
+    metrics = json.loads((tmp_path / "grpo/metrics.json").read_text())
+    assert {"reward_first", "reward_last"} <= set(metrics)

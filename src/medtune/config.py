@@ -129,6 +129,8 @@ class FinetuneConfig:
     # sft/pt: compute the LM loss in chunks of this many tokens without materialising the full
     # [tokens × vocab] logits (for large vocabularies such as Gemma's 262k); null: the model's own loss.
     loss_chunk_size: int | None = None
+    # Stage grpo: the train.output_dir of an `rm` run, used as the reward function.
+    reward_model: str | None = None
 
 
 @dataclass

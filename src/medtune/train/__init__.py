@@ -7,6 +7,6 @@ STAGES = Registry("stage")
 
 def load_stages() -> Registry:
     """Import the stage modules so they register (they import torch lazily, inside `run`)."""
-    from medtune.train import preference, pt, sft  # noqa: F401
+    from medtune.train import preference, pt, rl, sft  # noqa: F401
 
     return STAGES

@@ -162,6 +162,9 @@ def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, A
     result = trainer.train(resume_from_checkpoint=resume)
     metrics.update(train_loss=result.training_loss, global_step=result.global_step,
                    train_runtime=result.metrics.get("train_runtime"))
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]  # RL stages log one per step
+    if rewards:
+        metrics.update(reward_first=rewards[0], reward_last=rewards[-1])
     collator = trainer.data_collator
     if getattr(collator, "efficiency", None) is not None:  # a CountingCollator: real vs processed tokens
         metrics.update(padding_efficiency=collator.efficiency, train_tokens=collator.real,

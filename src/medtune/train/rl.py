@@ -1,0 +1,79 @@
+"""Stage `grpo`: optimise the policy against the reward model trained by stage `rm`.
+
+Why GRPO and not PPO: TRL 1.16 ships no PPOTrainer, and a hand-written PPO (policy, value model,
+reference, reward model, GAE) is exactly the kind of fragile loop medtune should not own. GRPO
+(TRL's GRPOTrainer) needs no value model: it samples `num_generations` answers per prompt, scores
+them with the reward model and uses each answer's reward relative to its group as the advantage,
+with a KL penalty to the starting policy (`train.beta`). TRL takes a sequence-classification model
+directly as a reward function, so the `rm` output plugs in as is (`finetune.reward_model: DIR`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from medtune.config import Config, dump_config
+from medtune.data.prepare import load_prepared, prepare
+from medtune.errors import ConfigError, MedtuneError
+from medtune.model.load import load_model
+from medtune.model.methods import METHODS, quantization_for
+from medtune.train import STAGES
+from medtune.train.common import require_eval_split, split_eval, train_and_save, training_arguments
+
+log = logging.getLogger(__name__)
+
+
+@STAGES.register("grpo", "RL against the rm stage's reward model (TRL GRPOTrainer; no value model needed)")
+def run(cfg: Config) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    if not cfg.finetune.reward_model:
+        raise ConfigError("Stage grpo needs finetune.reward_model: the train.output_dir of an `rm` run.")
+    out = cfg.output_dir
+    dump_config(cfg, out)
+    args, resume = training_arguments(cfg, GRPOConfig, max_completion_length=64, num_generations=4,
+                                      per_device_train_batch_size=4)
+    train_rows, eval_rows = (_prompts(rows) for rows in split_eval(load_prepared(prepare(cfg)), cfg.data))
+    if not train_rows:
+        raise MedtuneError("No prompts to train on.")
+    require_eval_split(args, bool(eval_rows))
+
+    reward_model, reward_tokenizer, _ = load_model(_reward_model_config(cfg), reward_head=True)
+    model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg))
+    set_seed(args.seed)
+    model = METHODS.get(cfg.finetune.method)(model, cfg)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_model, args=args,
+                          train_dataset=Dataset.from_list(train_rows),
+                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer)
+    metrics: dict[str, Any] = {"train_prompts": len(train_rows), "eval_prompts": len(eval_rows)}
+    return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_rows))
+
+
+def _reward_model_config(cfg: Config):
+    """The reward model: an rm run's output dir (a LoRA adapter + score head, or full weights)."""
+    from pathlib import Path
+
+    rm = Path(cfg.finetune.reward_model)
+    if (rm / "adapter_config.json").exists():
+        return dataclasses.replace(cfg.model, adapters=[str(rm)])
+    if (rm / "config.json").exists():
+        return dataclasses.replace(cfg.model, name_or_path=str(rm), adapters=[])
+    raise ConfigError(f"finetune.reward_model {str(rm)!r} holds no reward model: run stage rm first.")
+
+
+def _prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prompts from preference rows (their prompt) or conversations (all but the last answer)."""
+    out = []
+    for r in rows:
+        if "prompt" in r:
+            out.append({"prompt": r["prompt"]})
+        elif "messages" in r:
+            out.append({"prompt": r["messages"][:-1]})
+        else:
+            raise ConfigError("Stage grpo needs prompts: use `pairwise` or conversation datasets.")
+    return out
