@@ -87,3 +87,16 @@ def test_grpo_optimises_against_the_trained_reward_model(tmp_path, capsys):
     assert len(logged) == 4 and all(h["reward_std"] > 0 for h in logged) and logged[-1]["kl"] > 0
     metrics = json.loads((tmp_path / "grpo/metrics.json").read_text())
     assert {"reward_first", "reward_last"} <= set(metrics)
+
+
+SHIPPED = sorted(p.name for p in TINY.glob("*.yaml") if p.name not in ("chat.yaml", "grpo_lora.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_tiny_config_trains_as_is(name, tmp_path):
+    """What a user runs first: each config in configs/tiny, untouched but for where it writes."""
+    if "qlora" in name:
+        pytest.importorskip("bitsandbytes")
+    assert main(["train", str(TINY / name), f"train.output_dir={tmp_path}"]) == 0
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "loss.png").is_file()
+    assert (tmp_path / "adapter_model.safetensors").is_file() or (tmp_path / "model.safetensors").is_file()
