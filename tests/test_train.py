@@ -190,3 +190,40 @@ def test_export_loads_in_plain_transformers_with_identical_logits(lora_run, tmp_
     assert tok.convert_tokens_to_ids("<|im_end|>") in merged.generation_config.eos_token_id
     card = (out / "README.md").read_text()
     assert "| toyhom_neike_sample | MIT |" in card and "eval_loss_after" in card
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_export_loads_back_with_the_same_tokens_and_logits(arch, tmp_path):
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "run"
+    assert main(["train", LORA, f"train.output_dir={run}", f"model.name_or_path=tiny:{arch}", *FAST,
+                 "train.max_steps=2"]) == 0
+    out = tmp_path / "export"
+    assert main(["export", LORA, f"train.output_dir={run}", f"model.name_or_path=tiny:{arch}",
+                 f"export.output_dir={out}", "export.gguf=true", "export.gguf_dtype=f32"]) == 0
+    merged, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    back = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf")
+    back_tok = AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+    import gguf
+    from conftest import DIALOGUE
+
+    # The training template travels inside the GGUF, where llama.cpp / Ollama read it.
+    field = gguf.GGUFReader(str(out / "model.gguf")).fields["tokenizer.chat_template"]
+    assert field.contents() == tok.chat_template
+    text = tok.apply_chat_template(DIALOGUE, tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert back_tok(text, add_special_tokens=False)["input_ids"] == ids
+    with torch.no_grad():
+        assert torch.allclose(merged(torch.tensor([ids])).logits, back(torch.tensor([ids])).logits, atol=1e-5)
+
+
+def test_gguf_export_of_gemma_without_a_gguf_base_is_explained(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    run = tmp_path / "run"
+    assert main(["train", LORA, f"train.output_dir={run}", "model.name_or_path=tiny:gemma3", *FAST,
+                 "train.max_steps=1", "model.template=gemma"]) == 0
+    assert main(["export", LORA, f"train.output_dir={run}", "model.name_or_path=tiny:gemma3", "model.template=gemma",
+                 f"export.output_dir={tmp_path / 'x'}", "export.gguf=true"]) == 2
+    assert "GGUF export of Gemma needs a base loaded from GGUF" in capsys.readouterr().err

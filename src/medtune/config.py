@@ -175,6 +175,9 @@ class ExportConfig:
     # Adapters to merge; default: the run's own output (train.output_dir).
     adapters: list[str] = field(default_factory=list)
     dtype: str = "float32"  # dtype of the saved weights (float32, bfloat16, float16)
+    # Also write <output_dir>/model.gguf (llama, qwen2; gemma3 from a gguf: base) for llama.cpp / Ollama.
+    gguf: bool = False
+    gguf_dtype: str = "f16"  # f16 or f32; quantise further with llama.cpp's llama-quantize
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 from medtune.config import Config, dump_config
 from medtune.data.encode import end_of_turn_ids
 from medtune.errors import ConfigError
-from medtune.model.load import load_model, tuned_model
+from medtune.model.load import load_model, source_gguf, tuned_model
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ def run(cfg: Config) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     dump_config(cfg, out)
+    if cfg.export.gguf:
+        from medtune.export_gguf import write_gguf
+
+        write_gguf(model, tokenizer, out / "model.gguf", cfg.export.gguf_dtype, source_gguf(cfg.model.name_or_path))
     (out / "README.md").write_text(model_card(cfg, model_cfg, template.name, eos), encoding="utf-8")
     log.info("exported %s + %s to %s", model_cfg.name_or_path, model_cfg.adapters, out)
     return out

