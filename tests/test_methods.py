@@ -54,11 +54,19 @@ def test_dora_saves_magnitude_vectors(tmp_path):
     assert any("lora_magnitude_vector" in k for k in keys) and any("lora_B" in k for k in keys)
 
 
-def test_qlora_trains_on_a_4bit_base_and_exports_de_quantised(tmp_path):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_trains_on_a_quantised_base_and_exports_de_quantised(tmp_path, bits):
     pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM
 
-    out = train(tmp_path / "run", "finetune.method=qlora")
+    from medtune.model.load import load_model
+    from medtune.model.methods import quantization_for
+
+    cfg = load_config(LORA, ["finetune.method=qlora", f"model.quantization_bits={bits}"])
+    base, _, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg))
+    layer = base.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == ("Linear4bit" if bits == 4 else "Linear8bitLt")
+    out = train(tmp_path / "run", "finetune.method=qlora", f"model.quantization_bits={bits}")
     weights = load_file(out / "adapter_model.safetensors")
     assert all(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)
     merged = tmp_path / "merged"
@@ -81,3 +89,18 @@ def test_prompt_learning_methods_train_and_chat(tmp_path, method, key):
         from medtune.export import run
 
         run(load_config(LORA, [f"train.output_dir={out}", f"export.output_dir={tmp_path / 'x'}"]))
+
+
+def test_stacked_adapters_merge_in_order_and_the_last_keeps_training(tmp_path):
+    import json
+
+    args = ["data.test_size=8", "train.eval_strategy=steps", "train.eval_steps=100"]
+    first = train(tmp_path / "a", *args)
+    second = train(tmp_path / "b", *args, f"model.adapters=[{first}]", "finetune.new_adapter=true")
+    third = train(tmp_path / "c", *args, f"model.adapters=[{first}, {second}]")
+    m1, m2, m3 = (json.loads((d / "metrics.json").read_text()) for d in (first, second, third))
+    # b is a new adapter trained on top of a: it starts where a ended.
+    assert m2["eval_loss_before"] == pytest.approx(m1["eval_loss_after"], rel=1e-5)
+    # c merges a, keeps training b: it starts exactly where b ended.
+    assert m3["eval_loss_before"] == pytest.approx(m2["eval_loss_after"], rel=1e-5)
+    assert load_file(third / "adapter_model.safetensors").keys() == load_file(second / "adapter_model.safetensors").keys()

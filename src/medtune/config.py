@@ -123,6 +123,9 @@ class FinetuneConfig:
 
     stage: str = "sft"
     method: str = "lora"
+    # With model.adapters (LoRA family): false = keep training the last adapter (continue-finetuning);
+    # true = merge them all and train a new adapter on top (stacking; LLaMA-Factory's create_new_adapter).
+    new_adapter: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     prefix: PrefixConfig = field(default_factory=PrefixConfig)

@@ -45,11 +45,13 @@ def qlora(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
 def _lora(model: Any, cfg: Config, task_type: str, use_dora: bool = False) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    if cfg.model.adapters:
+    if cfg.model.adapters and not cfg.finetune.new_adapter:
         # Continue-finetuning (the seeds' cMedQA2-on-top-of-a-chat-LoRA recipe): earlier adapters
         # are merged, the last one keeps training with its own rank and targets.
         model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=False)
     else:
+        # A fresh adapter, on top of every earlier one merged into the base (stacking).
+        model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=True)
         c = cfg.finetune.lora
         model = get_peft_model(model, LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
                                                  target_modules=c.target_modules, use_dora=use_dora,
