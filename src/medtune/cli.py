@@ -20,6 +20,8 @@ VERBS = {
     "prepare": "convert a config's datasets to JSONL + report.json + dropped/<reason>.jsonl",
     "train": "run the config's stage (finetune.stage) with its method (finetune.method)",
     "chat": "terminal chat with the config's model (+ model.adapters), streaming",
+    "serve": "OpenAI-compatible HTTP API (/v1/chat/completions, streaming) over the config's model",
+    "webui": "Gradio chat page over the config's model",
     "export": "merge adapters into a standalone Hugging Face folder with template, generation config and card",
     "compare": "base-vs-tuned report: eval loss and side-by-side answers to held-out questions",
     "validate": "check a config, its datasets, template, stage and method without running anything",
@@ -61,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _verbs() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "export": _export,
-            "validate": _validate}
+            "serve": _serve, "webui": _webui, "validate": _validate}
 
 
 def _config(args: argparse.Namespace):
@@ -118,6 +120,24 @@ def _compare(args: argparse.Namespace) -> int:
     _threads()
     report = run(cfg)
     print(f"report: {report}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from medtune.infer.api import run
+
+    cfg = _config(args)
+    _threads()
+    run(cfg)
+    return 0
+
+
+def _webui(args: argparse.Namespace) -> int:
+    from medtune.infer.web import run
+
+    cfg = _config(args)
+    _threads()
+    run(cfg)
     return 0
 
 

@@ -184,6 +184,32 @@ class ExportConfig:
 
 
 @dataclass
+class DisclaimerConfig:
+    """Medical safety text added to answers (off by default)."""
+
+    enabled: bool = False
+    text: str = "（以上回答由 AI 生成，仅供参考，不能替代执业医生的诊断和治疗。）"
+    # Emergency notice when the user's message names red-flag symptoms (infer/red_flags.yaml).
+    red_flags: bool = True
+
+
+@dataclass
+class ServeConfig:
+    """`medtune serve` (OpenAI-compatible API) and `medtune webui`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str | None = None  # the id /v1/models reports; default: the model's folder name
+    # When this environment variable is set, requests need `Authorization: Bearer <its value>`.
+    api_key_env: str = "MEDTUNE_API_KEY"
+    max_tokens_cap: int = 1024  # a request asking for more gets a 400
+    max_request_bytes: int = 1_000_000  # a larger body gets a 413
+    max_batch_size: int = 8
+    max_wait_ms: float = 10.0  # how long the batcher waits to fill a batch
+    disclaimer: DisclaimerConfig = field(default_factory=DisclaimerConfig)
+
+
+@dataclass
 class Config:
     """One run's whole configuration."""
 
@@ -194,6 +220,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     # Passed through to transformers.TrainingArguments (output_dir, learning_rate, ...).
     train: dict[str, Any] = field(default_factory=dict)
     # Where the config came from (for relative paths); not a user key.

@@ -2,62 +2,58 @@
 
 The prompt is built by `medtune.data.encode.prompt_ids`, the very function whose tokenisation
 training used, and generation stops at the template's end-of-turn token as well as at EOS, so a
-tuned model ends its answer where it learned to.
+tuned model ends its answer where it learned to. Every front-end (terminal chat, OpenAI-compatible
+API, web page, reports) goes through `submit`, which hands the request to one dynamic batcher:
+concurrent requests share forward passes instead of queueing one at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from threading import Thread
+import queue
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from medtune.config import GenerationConfig, ModelConfig
 from medtune.data.encode import end_of_turn_ids, prompt_ids, special_tokens
+from medtune.infer.batching import Batcher, Request
 
 
 class ChatEngine:
-    def __init__(self, model_cfg: ModelConfig, gen_cfg: GenerationConfig) -> None:
+    def __init__(self, model_cfg: ModelConfig, gen_cfg: GenerationConfig, max_batch_size: int = 8,
+                 max_wait_ms: float = 10.0) -> None:
         from medtune.model.load import load_model
 
         self.model, self.tokenizer, self.template = load_model(model_cfg)
         self.model.eval()
         self.gen_cfg = gen_cfg
+        self.name = model_cfg.name_or_path
         self.stop = self.template.stop_string(special_tokens(self.tokenizer))
         self.eos_ids = end_of_turn_ids(self.tokenizer, self.template)
+        self.context_length = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        self.batcher = Batcher(self.model, self.tokenizer, self.eos_ids, max_batch_size, max_wait_ms)
 
-    def generation_kwargs(self, **overrides: Any) -> dict[str, Any]:
-        g = {**vars(self.gen_cfg), **overrides}
-        kwargs = dict(max_new_tokens=g["max_new_tokens"], min_new_tokens=g["min_new_tokens"],
-                      num_beams=g["num_beams"], repetition_penalty=g["repetition_penalty"],
-                      do_sample=g["do_sample"], eos_token_id=self.eos_ids,
-                      pad_token_id=self.tokenizer.pad_token_id)
-        if g["do_sample"]:
-            kwargs.update(temperature=g["temperature"], top_p=g["top_p"], top_k=g["top_k"])
-        else:  # greedy/beam: unset sampling knobs so transformers does not warn about them
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        return kwargs
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return prompt_ids(self.tokenizer, self.template, messages)
+
+    def submit(self, messages: list[dict[str, str]], emit: Callable[[str | None], None],
+               **overrides: Any) -> Request:
+        """Queue a generation; `emit` receives text deltas, then None when it is finished."""
+        g = {**vars(self.gen_cfg), **{k: v for k, v in overrides.items() if v is not None}}
+        params = {k: g[k] for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
+                                    "num_beams", "min_new_tokens")}
+        request = Request(ids=self.prompt_ids(messages), params=params, max_new_tokens=g["max_new_tokens"],
+                          emit=emit, seed=g["seed"])
+        return self.batcher.submit(request)
 
     def stream(self, messages: list[dict[str, str]], **overrides: Any) -> Iterator[str]:
-        """Yield the answer piece by piece (beam search cannot stream: it yields once)."""
-        import torch
-        from transformers import TextIteratorStreamer
-
-        ids = torch.tensor([prompt_ids(self.tokenizer, self.template, messages)])
-        kwargs = self.generation_kwargs(**overrides)
-        torch.manual_seed({**vars(self.gen_cfg), **overrides}["seed"])
-        if kwargs["num_beams"] > 1:
-            with torch.no_grad():
-                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-            yield self.clean(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-            return
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        thread = Thread(target=self.model.generate,
-                        kwargs=dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs))
-        thread.start()
-        for piece in streamer:
-            if piece:
+        """Yield the answer piece by piece; closing the iterator cancels the generation."""
+        pieces: queue.Queue[str | None] = queue.Queue()
+        request = self.submit(messages, pieces.put, **overrides)
+        try:
+            while (piece := pieces.get()) is not None:
                 yield piece
-        thread.join()
+        finally:
+            request.cancel()
 
     def chat(self, messages: list[dict[str, str]], **overrides: Any) -> str:
         return self.clean("".join(self.stream(messages, **overrides)))

@@ -1,0 +1,214 @@
+"""`medtune serve CONFIG`: an OpenAI-compatible HTTP API over the ChatEngine (FastAPI + uvicorn).
+
+    GET  /health                 liveness, queue and batch occupancy
+    GET  /v1/models              the one model served
+    POST /v1/chat/completions    with or without "stream": true (server-sent events, OpenAI chunks)
+
+Bad requests get OpenAI-style JSON errors and never take the server down: 400 for malformed JSON and
+invalid requests (unknown role, empty messages, max_tokens above the cap, a prompt beyond the context
+length), 413 for an oversized body, 422 for fields of the wrong type, 401 without the API key when
+one is configured. A client that disconnects mid-stream cancels its generation, freeing its batch row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from medtune.config import ServeConfig
+from medtune.infer.engine import ChatEngine
+
+ROLES = {"system", "user", "assistant"}
+# OpenAI request fields we honour (others, like `n` or `tools`, are refused rather than ignored).
+FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (str,), "messages": (list,), "stream": (bool,), "max_tokens": (int,),
+    "max_completion_tokens": (int,), "temperature": (int, float), "top_p": (int, float), "top_k": (int,),
+    "repetition_penalty": (int, float), "seed": (int,), "user": (str,), "stream_options": (dict,),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        kind = "authentication_error" if self.status == 401 else "invalid_request_error"
+        return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
+                                       "code": self.code}}, status_code=self.status)
+
+
+def create_app(engine: ChatEngine, cfg: ServeConfig) -> FastAPI:
+    app = FastAPI(title="medtune", docs_url=None, redoc_url=None)
+    model_id = cfg.model_name or Path(engine.name).name or "medtune"
+    api_key = os.environ.get(cfg.api_key_env) or None
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return e.response()
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                                code="invalid_api_key").response()
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_id, "queued": engine.batcher.pending.qsize(),
+                "active": engine.batcher.active}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "medtune"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        body = await request.body()
+        if len(body) > cfg.max_request_bytes:
+            raise ApiError(413, f"Request body of {len(body)} bytes exceeds the limit of {cfg.max_request_bytes}.")
+        req = parse_request(body, cfg, engine)
+        messages = req["messages"]
+        notice = red_flag_notice(messages, cfg)
+        gen = {k: req.get(k) for k in ("temperature", "top_p", "top_k", "repetition_penalty", "seed")}
+        if req.get("temperature") is not None:
+            gen["do_sample"] = req["temperature"] > 0
+            if req["temperature"] == 0:
+                gen["temperature"] = None
+        gen["max_new_tokens"] = req["max_tokens"]
+        prompt_tokens = len(engine.prompt_ids(messages))
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        handle = engine.submit(messages, lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p), **gen)
+        created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                          "model": model_id, "choices": [{"index": 0, "delta": delta,
+                                                                          "finish_reason": finish}]},
+                                         ensure_ascii=False) + "\n\n"
+
+        def usage() -> dict[str, int]:
+            n = len(handle.tokens)
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+
+        if req.get("stream"):
+            async def events():
+                try:
+                    yield chunk({"role": "assistant", "content": ""})
+                    if notice:
+                        yield chunk({"content": notice + "\n\n"})
+                    while (piece := await pieces.get()) is not None:
+                        yield chunk({"content": piece})
+                    if cfg.disclaimer.enabled:
+                        yield chunk({"content": "\n\n" + cfg.disclaimer.text})
+                    yield chunk({}, _finish(handle.finish_reason))
+                    if (req.get("stream_options") or {}).get("include_usage"):
+                        yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                                     "model": model_id, "choices": [], "usage": usage()}) + "\n\n"
+                    yield "data: [DONE]\n\n"
+                finally:  # the client went away (or we are done): free the batch row
+                    handle.cancel()
+
+            return StreamingResponse(events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        parts = []
+        try:
+            while (piece := await pieces.get()) is not None:
+                parts.append(piece)
+        finally:
+            handle.cancel()
+        text = engine.clean("".join(parts))
+        if notice:
+            text = notice + "\n\n" + text
+        if cfg.disclaimer.enabled:
+            text += "\n\n" + cfg.disclaimer.text
+        return {"id": rid, "object": "chat.completion", "created": created, "model": model_id,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": _finish(handle.finish_reason)}], "usage": usage()}
+
+    return app
+
+
+def parse_request(body: bytes, cfg: ServeConfig, engine: ChatEngine) -> dict[str, Any]:
+    """Validate a chat-completions body; raise ApiError with the OpenAI status and a precise message."""
+    try:
+        req = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"Request body is not valid JSON: {e}.") from None
+    if not isinstance(req, dict):
+        raise ApiError(400, "Request body must be a JSON object.")
+    for key, value in req.items():
+        if key not in FIELDS:
+            raise ApiError(400, f"Unsupported field {key!r}. Supported: {', '.join(FIELDS)}.", param=key)
+        if value is not None and (not isinstance(value, FIELDS[key]) or (isinstance(value, bool) and bool not in FIELDS[key])):
+            raise ApiError(422, f"Field {key!r} must be of type {' or '.join(t.__name__ for t in FIELDS[key])}.",
+                           param=key)
+    messages = req.get("messages")
+    if not messages:
+        raise ApiError(400, "'messages' must be a non-empty list.", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise ApiError(422, f"messages[{i}] must be an object with a string 'content'.", param=f"messages[{i}]")
+        if m.get("role") not in ROLES:
+            raise ApiError(400, f"messages[{i}].role {m.get('role')!r} is not one of {sorted(ROLES)}.",
+                           param=f"messages[{i}].role")
+    req["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if req["messages"][-1]["role"] != "user":
+        raise ApiError(400, "The last message must come from the user.", param="messages")
+    max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or engine.gen_cfg.max_new_tokens
+    if not 1 <= max_tokens <= cfg.max_tokens_cap:
+        raise ApiError(400, f"max_tokens={max_tokens} is outside 1..{cfg.max_tokens_cap} (serve.max_tokens_cap).",
+                       param="max_tokens")
+    req["max_tokens"] = max_tokens
+    prompt = len(engine.prompt_ids(req["messages"]))
+    if engine.context_length and prompt + max_tokens > engine.context_length:
+        raise ApiError(400, f"The prompt has {prompt} tokens; with max_tokens={max_tokens} it exceeds the model's "
+                            f"context length of {engine.context_length}. Shorten the conversation.",
+                       param="messages", code="context_length_exceeded")
+    return req
+
+
+@lru_cache(maxsize=1)
+def _red_flags() -> tuple[str, list[re.Pattern[str]]]:
+    data = yaml.safe_load((Path(__file__).parent / "red_flags.yaml").read_text(encoding="utf-8"))
+    return data["notice"], [re.compile(p) for p in data["patterns"]]
+
+
+def red_flag_notice(messages: list[dict[str, str]], cfg: ServeConfig) -> str | None:
+    """The emergency notice for red-flag symptoms in the last user message (when enabled)."""
+    if not (cfg.disclaimer.enabled and cfg.disclaimer.red_flags):
+        return None
+    notice, patterns = _red_flags()
+    text = messages[-1]["content"]
+    for pattern in patterns:
+        if m := pattern.search(text):
+            return notice.format(match=m.group(0))
+    return None
+
+
+def _finish(reason: str | None) -> str:
+    return "stop" if reason in ("stop", "cancelled") else "length" if reason == "length" else "stop"
+
+
+def run(cfg: Any) -> None:
+    """Load the model once and serve until interrupted."""
+    import uvicorn
+
+    s = cfg.serve
+    engine = ChatEngine(cfg.model, cfg.generation, s.max_batch_size, s.max_wait_ms)
+    uvicorn.run(create_app(engine, s), host=s.host, port=s.port, log_level="info")

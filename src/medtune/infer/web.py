@@ -1,0 +1,57 @@
+"""`medtune webui CONFIG`: a Gradio chat page over the same ChatEngine as the API and the terminal.
+
+Streaming, multi-turn history, clear / retry / undo (Gradio's chat controls), the generation
+settings as sliders, and the disclaimer under the title (and after answers when enabled).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from medtune.config import Config
+from medtune.infer.api import red_flag_notice
+from medtune.infer.engine import ChatEngine
+
+DISCLAIMER = "本页面由 medtune 提供，回答由 AI 生成，仅供参考，不能替代医生的诊断和治疗。如有急症请立即拨打 120。"
+
+
+def build(engine: ChatEngine, cfg: Config) -> Any:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    g, s = cfg.generation, cfg.serve
+
+    def respond(message: str, history: list[dict[str, Any]], temperature: float, top_p: float,
+                max_new_tokens: int, repetition_penalty: float) -> Iterator[str]:
+        system = [{"role": "system", "content": cfg.chat.system}] if cfg.chat.system else []
+        turns = [{"role": h["role"], "content": h["content"]} for h in history if isinstance(h.get("content"), str)]
+        messages = system + turns + [{"role": "user", "content": message}]
+        notice = red_flag_notice(messages, s)
+        answer = notice + "\n\n" if notice else ""
+        for piece in engine.stream(messages, temperature=temperature or None, do_sample=temperature > 0,
+                                   top_p=top_p, max_new_tokens=int(max_new_tokens),
+                                   repetition_penalty=repetition_penalty):
+            answer += piece
+            yield answer
+        if s.disclaimer.enabled:
+            yield answer + "\n\n" + s.disclaimer.text
+
+    return gr.ChatInterface(
+        respond, title="medtune 医疗问答", description=f"模型：`{engine.name}`　　{DISCLAIMER}",
+        additional_inputs=[
+            gr.Slider(0.0, 1.5, value=g.temperature if g.do_sample else 0.0, step=0.05, label="temperature (0 = greedy)"),
+            gr.Slider(0.05, 1.0, value=g.top_p, step=0.05, label="top_p"),
+            gr.Slider(8, s.max_tokens_cap, value=g.max_new_tokens, step=8, label="max_new_tokens"),
+            gr.Slider(1.0, 2.0, value=g.repetition_penalty, step=0.05, label="repetition_penalty"),
+        ],
+        additional_inputs_accordion=gr.Accordion("生成参数 / generation settings", open=False),
+        examples=[["高血压患者能吃党参吗？"], ["最近总是失眠，怎么办？"]], cache_examples=False,
+    )
+
+
+def run(cfg: Config) -> None:
+    engine = ChatEngine(cfg.model, cfg.generation, cfg.serve.max_batch_size, cfg.serve.max_wait_ms)
+    build(engine, cfg).queue(default_concurrency_limit=cfg.serve.max_batch_size).launch(
+        server_name=cfg.serve.host, server_port=cfg.serve.port, share=False)

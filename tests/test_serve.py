@@ -1,0 +1,196 @@
+"""The OpenAI-compatible API, live on 127.0.0.1, driven by the official openai client."""
+
+import json
+import os
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from conftest import ROOT
+
+from medtune.cli import main
+from medtune.config import load_config
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+CFG = str(ROOT / "configs/tiny/sft_lora.yaml")
+QA = {"头痛怎么办？": "多休息，少熬夜。", "发烧了吃什么药？": "可以服用退烧药。"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model that has memorised two answers, end-of-turn token included."""
+    d = tmp_path_factory.mktemp("memorised")
+    (d / "qa.jsonl").write_text("".join(json.dumps({"instruction": q, "output": a}, ensure_ascii=False) + "\n"
+                                        for q, a in QA.items()) * 4, encoding="utf-8")
+    (d / "reg.yaml").write_text(f"qa: {{path: {d / 'qa.jsonl'}, format: alpaca, license: test, source: test}}\n")
+    assert main(["train", CFG, f"train.output_dir={d / 'out'}", f"data.registries=[{d / 'reg.yaml'}]",
+                 "data.datasets=[qa]", "data.test_size=0", "train.eval_strategy=no", "finetune.method=full",
+                 "train.learning_rate=1e-2", "train.max_steps=60", "train.per_device_train_batch_size=8",
+                 "train.save_steps=1000", "train.lr_scheduler_type=constant"]) == 0
+    return d / "out"
+
+
+def start_server(model: str):
+    import uvicorn
+
+    from medtune.infer.api import create_app
+    from medtune.infer.engine import ChatEngine
+
+    os.environ["MEDTUNE_TEST_KEY"] = "sekret"
+    cfg = load_config(CFG, [f"model.name_or_path={model}", "generation.do_sample=false",
+                            "generation.max_new_tokens=32", "generation.repetition_penalty=1.0",
+                            "serve.api_key_env=MEDTUNE_TEST_KEY", "serve.max_tokens_cap=1000",
+                            "serve.max_request_bytes=20000", "serve.max_wait_ms=50"])
+    engine = ChatEngine(cfg.model, cfg.generation, max_batch_size=8, max_wait_ms=50)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, cfg.serve), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    return srv, thread, SimpleNamespace(url=url, engine=engine, cfg=cfg, trained=model,
+                                        client=openai.OpenAI(base_url=url + "/v1", api_key="sekret", max_retries=0))
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    srv, thread, handle = start_server(str(trained))
+    yield handle
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chatty_server():
+    """The untrained random tiny model: it rarely emits an end-of-turn token, so it talks until stopped."""
+    srv, thread, handle = start_server("tiny:llama")
+    yield handle
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def ask(q):
+    return [{"role": "user", "content": q}]
+
+
+def test_models_and_health(server):
+    assert [m.id for m in server.client.models.list().data] == [os.path.basename(server.trained)]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_non_streaming_answer_stops_at_the_trained_end_of_turn(server):
+    reply = server.client.chat.completions.create(model="x", messages=ask("头痛怎么办？"), max_tokens=32)
+    choice = reply.choices[0]
+    assert choice.message.content == QA["头痛怎么办？"] and choice.finish_reason == "stop"
+    prompt = len(server.engine.prompt_ids(ask("头痛怎么办？")))
+    answer_tokens = len(server.engine.tokenizer(QA["头痛怎么办？"], add_special_tokens=False)["input_ids"])
+    assert reply.usage.prompt_tokens == prompt and reply.usage.completion_tokens == answer_tokens
+
+
+def test_streaming_gives_the_same_text_as_the_terminal_chat(server):
+    import io
+
+    from medtune.infer import chat_cli
+
+    stream = server.client.chat.completions.create(model="x", messages=ask("发烧了吃什么药？"), stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == QA["发烧了吃什么药？"] and len(chunks) > 3
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    out = io.StringIO()
+    chat_cli.run(server.cfg, io.StringIO("发烧了吃什么药？\n"), out)
+    assert f"助手> {QA['发烧了吃什么药？']}\n" in out.getvalue()
+
+
+def test_serving_tokens_equal_training_tokens(server):
+    from medtune.data.encode import encode_messages
+
+    convo = ask("头痛怎么办？") + [{"role": "assistant", "content": QA["头痛怎么办？"]}]
+    trained = encode_messages(server.engine.tokenizer, server.engine.template, convo, 512)["input_ids"]
+    served = server.engine.prompt_ids(ask("头痛怎么办？"))
+    assert trained[: len(served)] == served
+    # What follows the served prompt in training is the answer and the end-of-turn token it stops at.
+    assert trained[len(served):][-2] in server.engine.eos_ids
+
+
+def _post(server, body, key="sekret", raw=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(server.url + "/v1/chat/completions", headers={**headers, "Content-Type": "application/json"},
+                      content=raw if raw is not None else json.dumps(body), timeout=30)
+
+
+@pytest.mark.parametrize("body, raw, key, status, message", [
+    ({"messages": ask("hi")}, None, None, 401, "API key"),
+    (None, b"{not json", "sekret", 400, "not valid JSON"),
+    ({"messages": []}, None, "sekret", 400, "non-empty list"),
+    ({"messages": [{"role": "doctor", "content": "x"}]}, None, "sekret", 400, "'doctor' is not one of"),
+    ({"messages": ask("hi"), "max_tokens": 5000}, None, "sekret", 400, "max_tokens=5000 is outside 1..1000"),
+    ({"messages": ask("头痛" * 600), "max_tokens": 900}, None, "sekret", 400, "exceeds the model's context length"),
+    ({"messages": ask("x" * 30000)}, None, "sekret", 413, "exceeds the limit of 20000"),
+    ({"messages": ask("hi"), "temperature": "hot"}, None, "sekret", 422, "'temperature' must be of type"),
+    ({"messages": ask("hi"), "n": 2}, None, "sekret", 400, "Unsupported field 'n'"),
+])
+def test_bad_requests_get_openai_style_errors_and_the_server_keeps_serving(server, body, raw, key, status, message):
+    r = _post(server, body, key=key, raw=raw)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert message in err["message"] and err["type"] in ("invalid_request_error", "authentication_error")
+    ok = server.client.chat.completions.create(model="x", messages=ask("头痛怎么办？"), max_tokens=16)
+    assert ok.choices[0].message.content == QA["头痛怎么办？"]
+
+
+def test_disconnect_mid_stream_frees_the_slot(chatty_server):
+    server = chatty_server
+    body = {"messages": ask("请详细说说高血压的饮食注意事项"), "max_tokens": 900, "stream": True,
+            "repetition_penalty": 1.0}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": "Bearer sekret"}, timeout=30) as r:
+        for line in r.iter_lines():  # wait for generated text, then hang up
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                break
+    closed = time.monotonic()
+    while (not server.engine.batcher.finished or httpx.get(server.url + "/health").json()["active"]) \
+            and time.monotonic() - closed < 10:
+        time.sleep(0.02)
+    freed = time.monotonic() - closed
+    reason, tokens = server.engine.batcher.finished[-1]
+    assert reason == "cancelled" and tokens < 900 and freed < 5
+
+
+def test_concurrent_requests_share_batches(server):
+    questions = list(QA) * 3
+    results = [None] * len(questions)
+
+    def one(i, q):
+        results[i] = server.client.chat.completions.create(model="x", messages=ask(q)).choices[0].message.content
+
+    threads = [threading.Thread(target=one, args=(i, q)) for i, q in enumerate(questions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [QA[q] for q in questions]
+    assert server.engine.batcher.largest_batch > 1
+
+
+def test_disclaimer_and_red_flag_notice(server):
+    from medtune.infer.api import create_app
+
+    cfg = load_config(CFG, ["serve.disclaimer.enabled=true"])
+    client = __import__("fastapi.testclient", fromlist=["TestClient"]).TestClient(create_app(server.engine, cfg.serve))
+    r = client.post("/v1/chat/completions", json={"messages": ask("突然胸痛，出冷汗怎么办"), "max_tokens": 8},
+                    headers={"Authorization": "Bearer sekret"})
+    text = r.json()["choices"][0]["message"]["content"]
+    assert text.startswith("⚠️ 您描述的情况（胸痛）可能是急症信号") and text.endswith(cfg.serve.disclaimer.text)
