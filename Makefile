@@ -25,7 +25,15 @@ $(VENV)/.demo: $(VENV)/.dev
 	$(PIP) install -q "$(TORCH)" -e ".[demo]"
 	touch $@
 
-test: $(VENV)/.dev
+# The web page is tested in Debian's headless Chromium (Playwright drives it; no browser download),
+# with a CJK font so the screenshot shows Chinese. Installed once with apt (root, as on CI).
+$(VENV)/.browser: $(BIN)/python
+	@if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -qi wenquanyi; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei; \
+	  else echo "note: chromium missing and not root: the web page test will be skipped"; fi; fi
+	touch $@
+
+test: $(VENV)/.dev $(VENV)/.browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
 # Gemma-3-270M LoRA on the shipped Toyhom sample, then the base-vs-tuned report (~15 min on 2 cores).

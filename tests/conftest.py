@@ -48,3 +48,25 @@ DIALOGUE = [
     {"role": "user", "content": "血压有点高，需要吃药吗？"},
     {"role": "assistant", "content": "请到心内科就诊，遵医嘱用药。"},
 ]
+
+
+QA = {"头痛怎么办？": "多休息，少熬夜。", "发烧了吃什么药？": "可以服用退烧药。"}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny model that has memorised two answers, end-of-turn token included (full SFT, ~5 s)."""
+    import json
+
+    from medtune.cli import main
+
+    d = tmp_path_factory.mktemp("memorised")
+    (d / "qa.jsonl").write_text("".join(json.dumps({"instruction": q, "output": a}, ensure_ascii=False) + "\n"
+                                        for q, a in QA.items()) * 4, encoding="utf-8")
+    (d / "reg.yaml").write_text(f"qa: {{path: {d / 'qa.jsonl'}, format: alpaca, license: test, source: test}}\n")
+    assert main(["train", str(ROOT / "configs/tiny/sft_lora.yaml"), f"train.output_dir={d / 'out'}",
+                 f"data.registries=[{d / 'reg.yaml'}]", "data.datasets=[qa]", "data.test_size=0",
+                 "train.eval_strategy=no", "finetune.method=full", "train.learning_rate=1e-2", "train.max_steps=60",
+                 "train.per_device_train_batch_size=8", "train.save_steps=1000",
+                 "train.lr_scheduler_type=constant"]) == 0
+    return d / "out"

@@ -1,0 +1,56 @@
+"""The Gradio chat page in real headless Chromium: load, ask in Chinese, see a streamed answer, screenshot."""
+
+import shutil
+import socket
+
+import pytest
+from conftest import QA, ROOT
+
+from medtune.config import load_config
+
+gr = pytest.importorskip("gradio")
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
+def test_chat_page_streams_an_answer(trained):
+    from medtune.infer.engine import ChatEngine
+    from medtune.infer.web import build
+
+    cfg = load_config(str(ROOT / "configs/tiny/chat.yaml"), [
+        f"model.name_or_path={trained}", "generation.max_new_tokens=24", "generation.do_sample=false",
+        "generation.repetition_penalty=1.0", "serve.disclaimer.enabled=true", "chat.system=null"])
+    engine = ChatEngine(cfg.model, cfg.generation)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build(engine, cfg)
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+            page.get_by_role("textbox").first.wait_for(timeout=30_000)
+            assert "medtune 医疗问答" in page.content()
+            box = page.get_by_role("textbox").first
+            box.fill("发烧了吃什么药？")
+            box.press("Enter")
+            bot = page.locator(".message.bot, [data-testid='bot']").last
+            bot.wait_for(timeout=30_000)
+            page.wait_for_function(
+                "t => [...document.querySelectorAll('.message.bot, [data-testid=\"bot\"]')].some(e => e.innerText.includes(t))",
+                arg=cfg.serve.disclaimer.text, timeout=60_000)
+            answer = bot.inner_text()
+            assert answer.startswith(QA["发烧了吃什么药？"])  # the model's own answer, then the disclaimer
+            assert "发烧了吃什么药？" in page.locator(".message.user, [data-testid='user']").last.inner_text()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "webui.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    assert (ARTIFACTS / "webui.png").stat().st_size > 10_000
