@@ -11,6 +11,7 @@ import httpx
 import pytest
 from conftest import QA, ROOT
 
+from medtune.cli import main
 from medtune.config import load_config
 
 pytest.importorskip("fastapi")
@@ -178,3 +179,27 @@ def test_disclaimer_and_red_flag_notice(server):
                     headers={"Authorization": "Bearer sekret"})
     text = r.json()["choices"][0]["message"]["content"]
     assert text.startswith("⚠️ 您描述的情况（胸痛）可能是急症信号") and text.endswith(cfg.serve.disclaimer.text)
+
+
+def test_engines_are_registered_and_vllm_explains_what_it_needs(capsys):
+    from medtune.errors import MedtuneError
+    from medtune.infer.engine import make_engine
+
+    assert main(["ls", "engines"]) == 0
+    assert "vllm" in capsys.readouterr().out
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(MedtuneError, match="serve.engine=vllm needs a CUDA GPU"):
+            make_engine(load_config(CFG, ["serve.engine=vllm"]))
+
+
+@pytest.mark.gpu
+def test_vllm_engine_serves_the_training_template(trained):
+    pytest.importorskip("vllm")
+    from medtune.infer.engine import make_engine
+
+    cfg = load_config(CFG, [f"model.name_or_path={trained}", "serve.engine=vllm", "generation.do_sample=false",
+                            "generation.repetition_penalty=1.0", "generation.max_new_tokens=16"])
+    engine = make_engine(cfg)
+    assert engine.chat(ask("头痛怎么办？")) == QA["头痛怎么办？"]

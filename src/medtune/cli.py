@@ -26,7 +26,7 @@ VERBS = {
     "compare": "base-vs-tuned report: eval loss and side-by-side answers to held-out questions",
     "validate": "check a config, its datasets, template, stage and method without running anything",
 }
-LS_KINDS = ("templates", "formats", "datasets", "stages", "methods")
+LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +194,10 @@ def _ls(kind: str, registries: list[str]) -> int:
         from medtune.train import load_stages
 
         table = load_stages().describe()
+    elif kind == "engines":
+        from medtune.infer.engine import ENGINES
+
+        table = ENGINES.describe()
     else:
         from medtune.model.methods import METHODS
 

@@ -197,6 +197,8 @@ class DisclaimerConfig:
 class ServeConfig:
     """`medtune serve` (OpenAI-compatible API) and `medtune webui`."""
 
+    # Inference engine (`medtune ls engines`): hf (transformers, CPU or GPU) or vllm (CUDA GPUs).
+    engine: str = "hf"
     host: str = "127.0.0.1"
     port: int = 8000
     model_name: str | None = None  # the id /v1/models reports; default: the model's folder name

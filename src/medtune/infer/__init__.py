@@ -1,1 +1,1 @@
-"""Inference: one ChatEngine behind every front-end (terminal chat, reports; later API and web)."""
+"""Inference: one engine contract behind every front-end (terminal chat, API, web page, reports)."""

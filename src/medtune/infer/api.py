@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from medtune.config import ServeConfig
-from medtune.infer.engine import ChatEngine
+from medtune.infer.engine import EngineBase, make_engine
 
 ROLES = {"system", "user", "assistant"}
 # OpenAI request fields we honour (others, like `n` or `tools`, are refused rather than ignored).
@@ -49,7 +49,7 @@ class ApiError(Exception):
                                        "code": self.code}}, status_code=self.status)
 
 
-def create_app(engine: ChatEngine, cfg: ServeConfig) -> FastAPI:
+def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
     app = FastAPI(title="medtune", docs_url=None, redoc_url=None)
     model_id = cfg.model_name or Path(engine.name).name or "medtune"
     api_key = os.environ.get(cfg.api_key_env) or None
@@ -68,8 +68,7 @@ def create_app(engine: ChatEngine, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "queued": engine.batcher.pending.qsize(),
-                "active": engine.batcher.active}
+        return {"status": "ok", "model": model_id, **engine.stats()}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -144,7 +143,7 @@ def create_app(engine: ChatEngine, cfg: ServeConfig) -> FastAPI:
     return app
 
 
-def parse_request(body: bytes, cfg: ServeConfig, engine: ChatEngine) -> dict[str, Any]:
+def parse_request(body: bytes, cfg: ServeConfig, engine: EngineBase) -> dict[str, Any]:
     """Validate a chat-completions body; raise ApiError with the OpenAI status and a precise message."""
     try:
         req = json.loads(body)
@@ -210,5 +209,4 @@ def run(cfg: Any) -> None:
     import uvicorn
 
     s = cfg.serve
-    engine = ChatEngine(cfg.model, cfg.generation, s.max_batch_size, s.max_wait_ms)
-    uvicorn.run(create_app(engine, s), host=s.host, port=s.port, log_level="info")
+    uvicorn.run(create_app(make_engine(cfg), s), host=s.host, port=s.port, log_level="info")

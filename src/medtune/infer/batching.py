@@ -38,13 +38,17 @@ class Request:
     text: str = ""
     finish_reason: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    on_cancel: Callable[[], None] | None = None  # an engine's hook to stop work at once (vLLM abort)
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            if self.on_cancel and not self.done:
+                self.on_cancel()
 
 
 class Batcher:

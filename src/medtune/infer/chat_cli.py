@@ -6,13 +6,13 @@ import sys
 from typing import TextIO
 
 from medtune.config import Config
-from medtune.infer.engine import ChatEngine
+from medtune.infer.engine import make_engine
 
 HELP = "输入问题后回车。/reset 清空对话历史，/exit 退出。  (/reset clears history, /exit quits)"
 
 
 def run(cfg: Config, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    engine = ChatEngine(cfg.model, cfg.generation)
+    engine = make_engine(cfg)
     system = [{"role": "system", "content": cfg.chat.system}] if cfg.chat.system else []
     history: list[dict[str, str]] = []
     adapters = f" + {', '.join(cfg.model.adapters)}" if cfg.model.adapters else ""

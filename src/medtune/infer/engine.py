@@ -13,37 +13,36 @@ import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from medtune.config import GenerationConfig, ModelConfig
+from medtune.config import Config, GenerationConfig, ModelConfig
 from medtune.data.encode import end_of_turn_ids, prompt_ids, special_tokens
 from medtune.infer.batching import Batcher, Request
+from medtune.registry import Registry
+
+ENGINES = Registry("inference engine")
 
 
-class ChatEngine:
-    def __init__(self, model_cfg: ModelConfig, gen_cfg: GenerationConfig, max_batch_size: int = 8,
-                 max_wait_ms: float = 10.0) -> None:
-        from medtune.model.load import load_model
+def make_engine(cfg: Config) -> Any:
+    """The engine `serve.engine` names, for the config's model (front-ends call this)."""
+    return ENGINES.get(cfg.serve.engine)(cfg)
 
-        self.model, self.tokenizer, self.template = load_model(model_cfg)
-        self.model.eval()
-        self.gen_cfg = gen_cfg
-        self.name = model_cfg.name_or_path
-        self.stop = self.template.stop_string(special_tokens(self.tokenizer))
-        self.eos_ids = end_of_turn_ids(self.tokenizer, self.template)
-        self.context_length = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
-        self.batcher = Batcher(self.model, self.tokenizer, self.eos_ids, max_batch_size, max_wait_ms)
+
+class EngineBase:
+    """What every engine shares: template-rendered prompts and streaming on top of `submit`.
+    Subclasses set tokenizer, template, stop, eos_ids, gen_cfg, name and context_length."""
+
+    tokenizer: Any
+    template: Any
+    stop: str
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         return prompt_ids(self.tokenizer, self.template, messages)
 
-    def submit(self, messages: list[dict[str, str]], emit: Callable[[str | None], None],
-               **overrides: Any) -> Request:
-        """Queue a generation; `emit` receives text deltas, then None when it is finished."""
-        g = {**vars(self.gen_cfg), **{k: v for k, v in overrides.items() if v is not None}}
-        params = {k: g[k] for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
-                                    "num_beams", "min_new_tokens")}
-        request = Request(ids=self.prompt_ids(messages), params=params, max_new_tokens=g["max_new_tokens"],
-                          emit=emit, seed=g["seed"])
-        return self.batcher.submit(request)
+    def sampling(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Generation settings of one request: the config's, overridden by the request's."""
+        return {**vars(self.gen_cfg), **{k: v for k, v in overrides.items() if v is not None}}
+
+    def submit(self, messages: list[dict[str, str]], emit: Callable[[str | None], None], **overrides: Any) -> Request:
+        raise NotImplementedError
 
     def stream(self, messages: list[dict[str, str]], **overrides: Any) -> Iterator[str]:
         """Yield the answer piece by piece; closing the iterator cancels the generation."""
@@ -61,3 +60,43 @@ class ChatEngine:
     def clean(self, text: str) -> str:
         # A multi-token end-of-turn string (e.g. a template whose stop is plain text) is cut here.
         return text.split(self.stop)[0].strip() if self.stop else text.strip()
+
+
+class ChatEngine(EngineBase):
+    def __init__(self, model_cfg: ModelConfig, gen_cfg: GenerationConfig, max_batch_size: int = 8,
+                 max_wait_ms: float = 10.0) -> None:
+        from medtune.model.load import load_model
+
+        self.model, self.tokenizer, self.template = load_model(model_cfg)
+        self.model.eval()
+        self.gen_cfg = gen_cfg
+        self.name = model_cfg.name_or_path
+        self.stop = self.template.stop_string(special_tokens(self.tokenizer))
+        self.eos_ids = end_of_turn_ids(self.tokenizer, self.template)
+        self.context_length = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        self.batcher = Batcher(self.model, self.tokenizer, self.eos_ids, max_batch_size, max_wait_ms)
+
+    def stats(self) -> dict[str, int]:
+        return {"queued": self.batcher.pending.qsize(), "active": self.batcher.active}
+
+    def submit(self, messages: list[dict[str, str]], emit: Callable[[str | None], None],
+               **overrides: Any) -> Request:
+        """Queue a generation; `emit` receives text deltas, then None when it is finished."""
+        g = self.sampling(overrides)
+        params = {k: g[k] for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
+                                    "num_beams", "min_new_tokens")}
+        request = Request(ids=self.prompt_ids(messages), params=params, max_new_tokens=g["max_new_tokens"],
+                          emit=emit, seed=g["seed"])
+        return self.batcher.submit(request)
+
+
+@ENGINES.register("hf", "transformers generate with dynamic batching (CPU or GPU)")
+def _hf(cfg: Config) -> ChatEngine:
+    return ChatEngine(cfg.model, cfg.generation, cfg.serve.max_batch_size, cfg.serve.max_wait_ms)
+
+
+@ENGINES.register("vllm", "vLLM continuous batching and paged attention (CUDA GPUs; pip install vllm)")
+def _vllm(cfg: Config) -> Any:
+    from medtune.infer.vllm_engine import VllmEngine
+
+    return VllmEngine(cfg.model, cfg.generation)

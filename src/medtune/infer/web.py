@@ -12,12 +12,12 @@ from typing import Any
 
 from medtune.config import Config
 from medtune.infer.api import red_flag_notice
-from medtune.infer.engine import ChatEngine
+from medtune.infer.engine import EngineBase, make_engine
 
 DISCLAIMER = "本页面由 medtune 提供，回答由 AI 生成，仅供参考，不能替代医生的诊断和治疗。如有急症请立即拨打 120。"
 
 
-def build(engine: ChatEngine, cfg: Config) -> Any:
+def build(engine: EngineBase, cfg: Config) -> Any:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -52,6 +52,5 @@ def build(engine: ChatEngine, cfg: Config) -> Any:
 
 
 def run(cfg: Config) -> None:
-    engine = ChatEngine(cfg.model, cfg.generation, cfg.serve.max_batch_size, cfg.serve.max_wait_ms)
-    build(engine, cfg).queue(default_concurrency_limit=cfg.serve.max_batch_size).launch(
+    build(make_engine(cfg), cfg).queue(default_concurrency_limit=cfg.serve.max_batch_size).launch(
         server_name=cfg.serve.host, server_port=cfg.serve.port, share=False)
