@@ -29,10 +29,8 @@ def run(cfg: Config) -> Path:
     answers: dict[str, list[str]] = {}
     for label, model_cfg in (("base", dataclasses.replace(cfg.model, adapters=[])), ("tuned", tuned_cfg)):
         engine = ChatEngine(model_cfg, cfg.generation)
-        answers[label] = []
-        for i, q in enumerate(questions, 1):
-            log.info("%s model: question %d/%d", label, i, len(questions))
-            answers[label].append(engine.chat([{"role": "user", "content": q["question"]}]))
+        log.info("%s model: answering %d questions (batched)", label, len(questions))
+        answers[label] = engine.chat_many([[{"role": "user", "content": q["question"]}] for q in questions])
         del engine
         gc.collect()
     metrics_file = out / "metrics.json"

@@ -10,6 +10,7 @@ concurrent requests share forward passes instead of queueing one at a time.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -56,6 +57,20 @@ class EngineBase:
 
     def chat(self, messages: list[dict[str, str]], **overrides: Any) -> str:
         return self.clean("".join(self.stream(messages, **overrides)))
+
+    def chat_many(self, conversations: list[list[dict[str, str]]], **overrides: Any) -> list[str]:
+        """Answer several conversations at once: submitted together, they share batches."""
+        parts: list[list[str]] = [[] for _ in conversations]
+        done = [threading.Event() for _ in conversations]
+
+        def emitter(i: int) -> Callable[[str | None], None]:
+            return lambda piece: done[i].set() if piece is None else parts[i].append(piece)
+
+        for i, messages in enumerate(conversations):
+            self.submit(messages, emitter(i), **overrides)
+        for event in done:
+            event.wait()
+        return [self.clean("".join(p)) for p in parts]
 
     def clean(self, text: str) -> str:
         # A multi-token end-of-turn string (e.g. a template whose stop is plain text) is cut here.
