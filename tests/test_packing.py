@@ -98,3 +98,9 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     assert moved and all(big[k].abs().sum() > 0 for k in moved)
     for k in big:
         assert torch.allclose(big[k], accum[k], rtol=1e-4, atol=1e-7), k
+
+
+def test_packing_with_prompt_learning_is_refused(tmp_path, capsys):
+    assert main(["train", str(ROOT / "configs/tiny/sft_ptuning.yaml"), f"train.output_dir={tmp_path}",
+                 "data.packing=true"]) == 2
+    assert "data.packing cannot be combined with finetune.method=ptuning" in capsys.readouterr().err

@@ -212,7 +212,8 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path, eval_before: float 
             ax.plot(*zip(*points, strict=True), marker="o" if key != "loss" else None, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

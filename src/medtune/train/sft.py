@@ -7,7 +7,7 @@ from typing import Any
 
 from medtune.config import Config, dump_config
 from medtune.data.prepare import load_prepared, prepare
-from medtune.errors import MedtuneError
+from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
@@ -44,6 +44,12 @@ def run(cfg: Config) -> dict[str, Any]:
     if not train_set:
         raise MedtuneError(f"No training examples left (prepared {len(train_rows)}, {train_too_long} had no "
                            f"answer token within data.max_length={cfg.data.max_length}). See {report['output_dir']}.")
+
+    if cfg.data.packing and cfg.finetune.method in ("prefix", "ptuning"):
+        # peft drops position_ids for prompt-learning models, and without the per-sample position
+        # resets packed samples would attend to each other.
+        raise ConfigError(f"data.packing cannot be combined with finetune.method={cfg.finetune.method}: peft "
+                          "ignores position ids for prompt learning, so packed samples would see each other.")
 
     # Model: the method decides what trains. Seed first: adapter weights are initialised here,
     # before the Trainer would seed, and an unseeded init makes runs irreproducible.
