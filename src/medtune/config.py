@@ -109,6 +109,15 @@ class DataConfig:
     # empty: every row of every dataset once. mix_size: rows in the mixture (default: no reuse).
     mix: dict[str, float] = field(default_factory=dict)
     mix_size: int | None = None
+    # Cleaning steps run by prepare, in order (see medtune.data.steps), e.g.
+    # [normalize, {length: {min_answer: 10}}, {quality: {}}, redact].
+    steps: list[Any] = field(default_factory=list)
+    # Deduplication across all datasets, e.g. {exact: true, near: true, threshold: 0.8, on: question}.
+    dedup: dict[str, Any] = field(default_factory=dict)
+    # Decontamination against evaluation files, e.g. {benchmarks: [cmb_exam.jsonl], action: drop}.
+    decontaminate: dict[str, Any] = field(default_factory=dict)
+    # research | commercial: commercial refuses datasets whose registry entry lacks allowed_use: [commercial].
+    intended_use: str = "research"
     # Pack several samples per row (greedy bins of max_length; samples never attend to each other).
     packing: bool = False
     # Eval split when no dataset ships an official dev split: a fraction (<1) or a row count.

@@ -9,6 +9,7 @@ An entry says where a dataset is, how to read it and under what terms:
       columns: {answer: answer}               # canonical field → source column
       options: {}                             # format-specific (cMedQA2: answers, instruction, ...)
       license: MIT
+      allowed_use: [research, commercial]      # what the licence permits (intended_use checks it)
       source: https://github.com/Toyhom/Chinese-medical-dialogue-data
 
 medtune's built-in registry (the samples shipped in the package) is read first; files listed in
@@ -27,7 +28,7 @@ import yaml
 from medtune.errors import ConfigError
 
 BUILTIN_REGISTRY = Path(__file__).parent / "datasets.yaml"
-_KEYS = {"path", "format", "encoding", "columns", "options", "license", "source", "description"}
+_KEYS = {"path", "format", "encoding", "columns", "options", "license", "source", "description", "allowed_use"}
 
 
 @dataclass
@@ -41,6 +42,8 @@ class DatasetSpec:
     license: str = "unknown"
     source: str = "unknown"
     description: str = ""
+    # What the licence permits: [research], [research, commercial]; empty = unknown (not commercial).
+    allowed_use: list[str] = field(default_factory=list)
 
 
 def load_registry(extra: list[str] | tuple[str, ...] = ()) -> dict[str, DatasetSpec]:

@@ -1,75 +1,238 @@
-"""`medtune prepare`: a config's datasets → JSONL files, `report.json` and `dropped/<reason>.jsonl`.
+"""`medtune prepare`: a config's datasets → cleaned JSONL, `report.json`, `dropped/`, and a dataset card.
 
-Nothing is lost silently: every row a converter did not keep is counted by reason in the report
-and written, with the file and line it came from, to `dropped/<reason>.jsonl`. Examples that carry
-an official split (cMedQA2) go to one file per split, `<dataset>.<split>.jsonl`.
+One streaming pass per dataset, in config order: convert → cleaning steps (`data.steps`) →
+deduplication (`data.dedup`, across datasets) → decontamination (`data.decontaminate`) → write.
+Nothing is lost silently: every row not kept is counted by reason in `report.json` and written with
+its file:line to `dropped/<reason>.jsonl` (a duplicate also names the row it duplicates); rows a step
+changed are counted by reason too, and redacted rows are listed in `changed/redacted.jsonl` by pointer
+only, never with the PII. For each dataset, rows read = kept + dropped + not sampled.
+Examples that carry an official split (cMedQA2) go to one file per split, `<dataset>.<split>.jsonl`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
-from collections import Counter, defaultdict
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from medtune.config import Config
 from medtune.data import io
-from medtune.data.datasets import resolve
+from medtune.data.datasets import DatasetSpec, resolve
+from medtune.data.dedup import Decontaminator, Deduper, key_text
 from medtune.data.formats import FORMATS
+from medtune.data.steps import build
+from medtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def prepare(cfg: Config) -> dict[str, Any]:
-    """Convert every dataset in `cfg.data.datasets`; return the report (also written to report.json)."""
-    out = Path(cfg.data.output_dir) if cfg.data.output_dir else cfg.output_dir / "data"
+    """Convert and clean every dataset in `cfg.data.datasets`; return the report (also report.json)."""
+    d = cfg.data
+    out = prepared_dir(cfg)
+    specs = resolve(d.datasets, d.registries)
+    licence_check(specs, d.intended_use)
+    steps = build(d.steps)
+    dedup = Deduper(**d.dedup) if d.dedup else None
+    decontam = Decontaminator(**d.decontaminate) if d.decontaminate else None
     report: dict[str, Any] = {"output_dir": str(out), "datasets": {}, "files": {}}
-    dropped_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for spec in resolve(cfg.data.datasets, cfg.data.registries):
-        convert = FORMATS.get(spec.format)
-        by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        dropped: Counter[str] = Counter()
-        read = 0
-        for item in convert(spec):
-            read += 1
-            if item.example is None:
-                dropped[item.reason] += 1
-                dropped_rows[item.reason].append({"dataset": spec.name, "where": item.where, "row": item.raw})
-                continue
-            example = {**item.example, "meta": {"dataset": spec.name, "where": item.where, **item.meta}}
-            by_split[example.pop("split", None) or "all"].append(example)
-        capped = _cap(by_split, cfg.data.max_samples, cfg.data.seed)
-        for split, rows in by_split.items():
-            name = spec.name if split == "all" else f"{spec.name}.{split}"
-            report["files"][name] = str(io.write_jsonl(out / f"{name}.jsonl", rows))
-        report["datasets"][spec.name] = {
-            "format": spec.format, "path": spec.path, "license": spec.license, "source": spec.source,
-            "rows_read": read, "kept": sum(len(r) for r in by_split.values()),
-            "kept_by_split": {k: len(v) for k, v in by_split.items()},
-            "dropped": dict(dropped), "not_sampled": capped,
-        }
-        log.info("%s: kept %d of %d rows; dropped %s", spec.name, report["datasets"][spec.name]["kept"],
-                 read, dict(dropped) or "none")
-    for reason, rows in dropped_rows.items():
-        io.write_jsonl(out / "dropped" / f"{reason}.jsonl", rows)
-    report["kept"] = sum(d["kept"] for d in report["datasets"].values())
-    report["dropped"] = dict(sum((Counter(d["dropped"]) for d in report["datasets"].values()), Counter()))
+    sinks = _Sinks(out)
+    try:
+        for spec in specs:
+            report["datasets"][spec.name] = _one(spec, cfg, steps, dedup, decontam, sinks, report["files"])
+    finally:
+        sinks.close()
+    report["kept"] = sum(x["kept"] for x in report["datasets"].values())
+    report["dropped"] = dict(sum((Counter(x["dropped"]) for x in report["datasets"].values()), Counter()))
+    report["changed"] = dict(sum((Counter(x["changed"]) for x in report["datasets"].values()), Counter()))
+    report["pii_replaced"] = dict(sum((Counter(x["pii_replaced"]) for x in report["datasets"].values()), Counter()))
     io.atomic_write_text(out / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
+    write_card(cfg, specs, report, out)
     return report
 
 
-def _cap(by_split: dict[str, list[dict[str, Any]]], max_samples: int | None, seed: int) -> int:
-    """Keep at most `max_samples` rows per split (a seeded sample); return how many were left out."""
-    if not max_samples:
-        return 0
-    left_out = 0
-    for split, rows in by_split.items():
-        if len(rows) > max_samples:
-            left_out += len(rows) - max_samples
-            by_split[split] = random.Random(seed).sample(rows, max_samples)
-    return left_out
+def prepared_dir(cfg: Config) -> Path:
+    return Path(cfg.data.output_dir) if cfg.data.output_dir else cfg.output_dir / "data"
+
+
+@dataclass
+class _Tally:
+    """Counts of one dataset's pass."""
+
+    read: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    changed: Counter = field(default_factory=Counter)
+    stats: Counter = field(default_factory=Counter)
+    contaminated: Counter = field(default_factory=Counter)
+    by_split: Counter = field(default_factory=Counter)
+    reservoirs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def _one(spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper | None, decontam: Decontaminator | None,
+         sinks: _Sinks, files: dict[str, str]) -> dict[str, Any]:
+    tally = _Tally(rng=random.Random(cfg.data.seed))
+    progress = _progress(spec.name)
+    try:
+        for item in FORMATS.get(spec.format)(spec):
+            progress.update()
+            _row(item, spec, cfg, steps, dedup, decontam, sinks, files, tally)
+    finally:
+        progress.close()
+    for name, pool in tally.reservoirs.items():
+        for example in pool:
+            sinks.write(f"{name}.jsonl", example)
+    kept = sum(min(n, cfg.data.max_samples) if cfg.data.max_samples else n for n in tally.by_split.values())
+    log.info("%s: read %d, kept %d, dropped %s", spec.name, tally.read, kept, dict(tally.dropped) or "none")
+    return {"format": spec.format, "path": spec.path, "license": spec.license, "source": spec.source,
+            "rows_read": tally.read, "kept": kept, "dropped": dict(tally.dropped), "changed": dict(tally.changed),
+            "not_sampled": tally.read - sum(tally.dropped.values()) - kept, "contaminated": dict(tally.contaminated),
+            "pii_replaced": {k.removeprefix("pii_"): v for k, v in tally.stats.items() if k.startswith("pii_")},
+            "kept_by_split": {k: min(v, cfg.data.max_samples) if cfg.data.max_samples else v
+                              for k, v in tally.by_split.items()}}
+
+
+def _row(item: Any, spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper | None,
+         decontam: Decontaminator | None, sinks: _Sinks, files: dict[str, str], tally: _Tally) -> None:
+    """One row through steps → dedup → decontamination → output (or a dropped/ file)."""
+    tally.read += 1
+    if item.example is None:
+        tally.dropped[item.reason] += 1
+        sinks.drop(item.reason, {"dataset": spec.name, "where": item.where, "row": item.raw})
+        return
+    row, reason, extra = item.example, None, {}
+    for _, step in steps:
+        new, why = step(row, tally.stats)
+        if new is None:
+            reason = why
+            break
+        if why:
+            tally.changed[why] += 1
+            if why == "redacted":  # a pointer only: the original holds the PII
+                sinks.write("changed/redacted.jsonl", {"dataset": spec.name, "where": item.where})
+        row = new
+    if reason is None and dedup is not None and (hit := dedup.check(key_text(row, dedup.on), f"{spec.name}:{item.where}")):
+        reason, extra = hit[0], {"duplicate_of": hit[1]}
+    if reason is None and decontam is not None and (bench := decontam.check("\n".join(_user_texts(row)))):
+        tally.contaminated[bench] += 1
+        if decontam.action == "drop":
+            reason, extra = f"contaminated_{bench}", {"benchmark": bench}
+        else:
+            row = {**row, "contaminated": bench}
+    if reason is not None:
+        # The row as the steps left it (redacted if redaction ran before the drop), never the raw one.
+        tally.dropped[reason] += 1
+        sinks.drop(reason, {"dataset": spec.name, "where": item.where, **extra, "row": row})
+        return
+    example = {**row, "meta": {"dataset": spec.name, "where": item.where, **item.meta}}
+    split = example.pop("split", None) or "all"
+    name = spec.name if split == "all" else f"{spec.name}.{split}"
+    files[name] = str(sinks.path(f"{name}.jsonl"))
+    tally.by_split[name] += 1
+    if not cfg.data.max_samples:
+        sinks.write(f"{name}.jsonl", example)
+        return
+    # A seeded reservoir sample per split: memory bounded by max_samples, whatever the input size.
+    pool = tally.reservoirs.setdefault(name, [])
+    if len(pool) < cfg.data.max_samples:
+        pool.append(example)
+    elif (j := tally.rng.randrange(tally.by_split[name])) < cfg.data.max_samples:
+        pool[j] = example
+
+
+def _user_texts(row: dict[str, Any]) -> list[str]:
+    from medtune.data.steps import texts
+
+    return texts(row, "user") or texts(row)
+
+
+class _Sinks:
+    """Append-only JSONL files under the output folder, opened on first use and closed at the end."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.handles = out, {}
+        out.mkdir(parents=True, exist_ok=True)
+        for old in [*out.glob("*.jsonl"), *out.glob("dropped/*.jsonl"), *out.glob("changed/*.jsonl")]:
+            old.unlink()  # a rerun replaces the previous outputs instead of appending to them
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    def write(self, name: str, row: dict[str, Any]) -> None:
+        if name not in self.handles:
+            (self.out / name).parent.mkdir(parents=True, exist_ok=True)
+            self.handles[name] = open(self.out / name, "a", encoding="utf-8")
+        handle: IO[str] = self.handles[name]
+        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def drop(self, reason: str, row: dict[str, Any]) -> None:
+        self.write(f"dropped/{reason}.jsonl", row)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+
+
+def _progress(name: str) -> Any:
+    try:
+        from tqdm import tqdm
+
+        # disable=None: a bar on a terminal only, never in logs or captured stderr.
+        return tqdm(desc=f"prepare {name}", unit=" rows", mininterval=2.0, leave=False, disable=None)
+    except ImportError:  # the light install has no tqdm
+        class _Null:
+            def update(self) -> None: ...
+            def close(self) -> None: ...
+        return _Null()
+
+
+def licence_check(specs: list[DatasetSpec], intended_use: str) -> None:
+    """Refuse a commercial run on data whose registry entry does not allow commercial use."""
+    if intended_use not in ("research", "commercial"):
+        raise ConfigError(f"data.intended_use must be research or commercial; got {intended_use!r}.")
+    if intended_use != "commercial":
+        return
+    blocked = [f"{s.name} ({s.license})" for s in specs if "commercial" not in s.allowed_use]
+    if blocked:
+        raise ConfigError("data.intended_use=commercial, but these datasets do not allow commercial use (registry "
+                          f"`allowed_use`): {', '.join(blocked)}. Remove them or check their licences.")
+
+
+def write_card(cfg: Config, specs: list[DatasetSpec], report: dict[str, Any], out: Path) -> Path:
+    """README.md of the prepared folder: sources, licences, counts in and out by reason, hashes, config."""
+    import yaml
+
+    from medtune.config import to_dict
+
+    def sha(path: str | Path) -> str:
+        p = Path(path)
+        if p.is_dir():
+            return "folder: " + ", ".join(f"{f.name} {sha(f)}" for f in sorted(p.iterdir()) if f.is_file())
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:16]
+
+    lines = ["# Prepared dataset card", "", f"Intended use: **{cfg.data.intended_use}**.", "",
+             "| dataset | source | licence | allowed use | read | kept | dropped | changed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in specs:
+        r = report["datasets"][s.name]
+        lines.append(f"| {s.name} | {s.source} | {s.license} | {', '.join(s.allowed_use) or 'unknown'} | {r['rows_read']} "
+                     f"| {r['kept']} | {sum(r['dropped'].values())} {r['dropped'] or ''} | {r['changed'] or ''} |")
+    lines += ["", f"PII replaced: {report['pii_replaced'] or 'none'}", "", "## Inputs (sha256, 16 hex)", ""]
+    lines += [f"- `{s.path}`: {sha(s.path)}" for s in specs if Path(s.path).exists()]
+    lines += ["", "## Outputs", ""]
+    lines += [f"- `{Path(p).name}`: {sha(p)}" for p in sorted(set(report["files"].values())) if Path(p).exists()]
+    lines += ["", "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg)["data"], allow_unicode=True, sort_keys=False),
+              "```", ""]
+    return io.atomic_write_text(out / "README.md", "\n".join(lines))
 
 
 def load_prepared(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

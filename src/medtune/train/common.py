@@ -126,6 +126,17 @@ def encode_eval(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTempla
     return (sets if len(sets) > 1 else next(iter(sets.values()), [])), count, too_long
 
 
+def prepare_once(cfg: Config, args: Any) -> dict[str, Any]:
+    """Prepare the data on the main process only; the other ranks wait, then read its report.
+    (Every rank writing the same streamed files at once would interleave their rows.)"""
+    from medtune.data.prepare import prepare, prepared_dir
+
+    with args.main_process_first(desc="prepare data", local=False):
+        if args.process_index == 0:
+            return prepare(cfg)
+        return json.loads((prepared_dir(cfg) / "report.json").read_text(encoding="utf-8"))
+
+
 def require_eval_split(args: Any, has_eval: bool) -> None:
     """Fail before any work when evaluation is scheduled but nothing was held out."""
     if not has_eval and args.eval_strategy != "no":

@@ -15,12 +15,18 @@ from functools import partial
 from typing import Any
 
 from medtune.config import Config, dump_config
-from medtune.data.prepare import load_prepared, prepare
+from medtune.data.prepare import load_prepared
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import require_eval_split, split_eval, train_and_save, training_arguments
+from medtune.train.common import (
+    prepare_once,
+    require_eval_split,
+    split_eval,
+    train_and_save,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,7 @@ def run(cfg: Config, stage: str) -> dict[str, Any]:
     dump_config(cfg, out)
     args, resume = training_arguments(cfg, config_cls, max_length=cfg.data.max_length, **stage_defaults)
 
-    report = prepare(cfg)
+    report = prepare_once(cfg, args)
     train_rows, eval_rows = (_rows(rows, stage) for rows in split_eval(load_prepared(report), cfg.data))
     if not train_rows:
         raise MedtuneError(f"No preference pairs to train on; see {report['output_dir']}/report.json.")

@@ -8,13 +8,14 @@ from typing import Any
 
 from medtune.config import Config, dump_config
 from medtune.data.packing import COUNT, CountingCollator, PackedCollator, concat
-from medtune.data.prepare import load_prepared, prepare
+from medtune.data.prepare import load_prepared
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
 from medtune.train.common import (
     make_trainer,
+    prepare_once,
     require_eval_split,
     split_eval,
     train_and_save,
@@ -32,7 +33,7 @@ def run(cfg: Config) -> dict[str, Any]:
     dump_config(cfg, out)
     args, resume = training_arguments(cfg)
 
-    report = prepare(cfg)
+    report = prepare_once(cfg, args)
     train_docs, eval_docs = split_eval(load_prepared(report), cfg.data)
     if any("text" not in d for d in train_docs + eval_docs):
         raise ConfigError("Stage pt trains on plain text: every dataset must have format `text` "

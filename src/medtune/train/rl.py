@@ -15,12 +15,18 @@ import logging
 from typing import Any
 
 from medtune.config import Config, dump_config
-from medtune.data.prepare import load_prepared, prepare
+from medtune.data.prepare import load_prepared
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import require_eval_split, split_eval, train_and_save, training_arguments
+from medtune.train.common import (
+    prepare_once,
+    require_eval_split,
+    split_eval,
+    train_and_save,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,7 @@ def run(cfg: Config) -> dict[str, Any]:
     dump_config(cfg, out)
     args, resume = training_arguments(cfg, GRPOConfig, max_completion_length=64, num_generations=4,
                                       per_device_train_batch_size=4)
-    train_rows, eval_rows = (_prompts(rows) for rows in split_eval(load_prepared(prepare(cfg)), cfg.data))
+    train_rows, eval_rows = (_prompts(rows) for rows in split_eval(load_prepared(prepare_once(cfg, args)), cfg.data))
     if not train_rows:
         raise MedtuneError("No prompts to train on.")
     require_eval_split(args, bool(eval_rows))

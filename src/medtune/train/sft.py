@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from medtune.config import Config, dump_config
-from medtune.data.prepare import load_prepared, prepare
+from medtune.data.prepare import load_prepared
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
@@ -16,6 +16,7 @@ from medtune.train.common import (
     encode_eval,
     encode_split,
     make_trainer,
+    prepare_once,
     require_eval_split,
     split_eval,
     train_and_save,
@@ -34,7 +35,7 @@ def run(cfg: Config) -> dict[str, Any]:
     args, resume = training_arguments(cfg)
 
     # Data: sources → prepared JSONL (counted, dropped rows written out) → masked token ids.
-    report = prepare(cfg)
+    report = prepare_once(cfg, args)
     train_rows, eval_rows = split_eval(load_prepared(report), cfg.data)
     model, tokenizer, template = load_model(cfg.model, merge_adapters=False,
                                            quantization_bits=quantization_for(cfg))

@@ -1,0 +1,130 @@
+"""Deduplication and decontamination: one index per run, shared across all datasets of a config.
+
+Exact duplicates are found by a hash of the normalised text (case, whitespace and punctuation
+removed, so 头痛怎么办？ and 头痛 怎么办? collide). Near duplicates are found by MinHash LSH over
+character n-grams (datasketch): word-free, so it suits Chinese, and a few changed characters or
+rephrased punctuation keep the Jaccard similarity above the threshold. The first occurrence is kept
+(streaming; datasets are read in config order) and every dropped row records which row it duplicates.
+
+Decontamination checks every training row against evaluation files (exam stems, QA test questions):
+an exact normalised-stem match, or a share of the benchmark item's character n-grams found in the
+row at or above `threshold`, marks the row; it is dropped or flagged per benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from medtune.errors import ConfigError, DataError
+
+_STRIP = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    return _STRIP.sub("", text).lower()
+
+
+def grams(text: str, n: int) -> set[str]:
+    t = normalise(text)
+    return {t[i:i + n] for i in range(max(1, len(t) - n + 1))} if t else set()
+
+
+class Deduper:
+    def __init__(self, exact: bool = True, near: bool = False, threshold: float = 0.8, ngram: int = 5,
+                 num_perm: int = 64, on: str = "example") -> None:
+        if on not in ("example", "question"):
+            raise ConfigError(f"data.dedup.on must be example or question; got {on!r}.")
+        self.exact, self.near, self.ngram, self.num_perm, self.on = exact, near, ngram, num_perm, on
+        self.seen: dict[bytes, str] = {}
+        self.lsh = None
+        if near:
+            try:
+                from datasketch import MinHashLSH
+            except ImportError:
+                raise ConfigError("data.dedup.near needs datasketch: pip install 'medtune[data]'.") from None
+            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.count = 0
+
+    def check(self, key_text: str, where: str) -> tuple[str, str] | None:
+        """(reason, where of the kept row it duplicates), or None and the row is indexed as kept."""
+        digest = hashlib.blake2b(normalise(key_text).encode(), digest_size=12).digest()
+        if self.exact and digest in self.seen:
+            return "duplicate_exact", self.seen[digest]
+        if self.lsh is not None:
+            from datasketch import MinHash
+
+            mh = MinHash(num_perm=self.num_perm)
+            mh.update_batch([g.encode() for g in grams(key_text, self.ngram)])
+            hits = self.lsh.query(mh)
+            if hits:
+                return "duplicate_near", hits[0]
+            self.lsh.insert(where, mh)
+        self.seen[digest] = where
+        self.count += 1
+        return None
+
+
+class Decontaminator:
+    def __init__(self, benchmarks: list[str], ngram: int = 10, threshold: float = 0.5, action: str = "drop") -> None:
+        if action not in ("drop", "flag"):
+            raise ConfigError(f"data.decontaminate.action must be drop or flag; got {action!r}.")
+        self.ngram, self.threshold, self.action = ngram, threshold, action
+        self.exact: dict[str, str] = {}
+        self.index: dict[str, set[tuple[str, int]]] = defaultdict(set)
+        self.sizes: dict[tuple[str, int], int] = {}
+        for path in benchmarks:
+            name = Path(path).stem
+            for i, stem in enumerate(_stems(Path(path))):
+                self.exact.setdefault(normalise(stem), name)
+                g = grams(stem, ngram)
+                self.sizes[(name, i)] = len(g)
+                for x in g:
+                    self.index[x].add((name, i))
+
+    def check(self, text: str) -> str | None:
+        """The benchmark a training text overlaps with, or None."""
+        if not self.sizes:
+            return None
+        if (name := self.exact.get(normalise(text))) is not None:  # the row is the stem
+            return name
+        hits: dict[tuple[str, int], int] = defaultdict(int)
+        for g in grams(text, self.ngram):
+            for item in self.index.get(g, ()):
+                hits[item] += 1
+        for item, n in hits.items():
+            if n / max(self.sizes[item], 1) >= self.threshold:
+                return item[0]
+        return None
+
+
+def _stems(path: Path) -> list[str]:
+    """Question stems of an evaluation file: JSONL/JSON records with question / query / prompt / instruction."""
+    if not path.is_file():
+        raise ConfigError(f"data.decontaminate.benchmarks: {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not JSON or JSON Lines ({e}).") from None
+    stems = []
+    for i, r in enumerate(records, 1):
+        stem = next((r[k] for k in ("question", "query", "prompt", "instruction", "Question") if isinstance(r, dict) and r.get(k)), None)
+        if stem is None:
+            raise DataError(f"{path}, record {i}: no question/query/prompt/instruction field to check against.")
+        stems.append(str(stem))
+    return stems
+
+
+def key_text(row: dict[str, Any], on: str) -> str:
+    """The text a row is deduplicated on: the first user turn (question) or everything (example)."""
+    from medtune.data.steps import texts
+
+    if on == "question":
+        user = texts(row, "user")
+        return user[0] if user else " ".join(texts(row))
+    return "\n".join(texts(row))
