@@ -115,3 +115,25 @@ def test_commercial_use_refuses_research_only_data(tmp_path, capsys):
 def test_unknown_step_is_explained(capsys):
     assert main(["prepare", CFG, "data.steps=[normalise]", "data.output_dir=/tmp/x"]) == 2
     assert "Unknown cleaning step 'normalise'. Did you mean 'normalize'?" in capsys.readouterr().err
+
+
+def test_group_split_keeps_each_question_in_one_split(tmp_path):
+    questions = [f"第{i}个问题：最近{i}天总是咳嗽怎么办？" for i in range(60)]
+    rows = [{"instruction": q, "output": f"回答{j}：多喝水，注意休息。"} for q in questions for j in range(3)]
+    rows += [{"instruction": q.replace("？", "?").replace("：", ":"), "output": "另一个回答，注意休息。"} for q in questions]
+    report, out = run(tmp_path, f"[{write_dataset(tmp_path, rows)}]", "[hand]", "data.split={dev: 0.2, test: 0.2}")
+    split_of = {}
+    for split in ("train", "dev", "test"):
+        for r in read(out / f"hand.{split}.jsonl"):
+            key = r["messages"][0]["content"].replace("?", "？").replace(":", "：")
+            assert split_of.setdefault(key, split) == split  # all 4 variants of a question together
+    assert set(split_of.values()) == {"train", "dev", "test"} and len(split_of) == 60
+    assert report["datasets"]["hand"]["kept_by_split"]["hand.train"] > report["datasets"]["hand"]["kept_by_split"]["hand.dev"]
+
+
+def test_cmedqa2_longest_answer_policy(tmp_path):
+    reg = tmp_path / "r.yaml"
+    reg.write_text(f"c: {{path: {FIXTURES / 'cmedqa2'}, format: cmedqa2, options: {{answers: longest}}, license: GPL-3.0, source: fixture}}\n")
+    report, out = run(tmp_path, f"[{reg}]", "[c]")
+    q101 = next(r for r in read(out / "c.train.jsonl") if r["meta"]["question_id"] == "101")
+    assert q101["messages"][1]["content"] == "高血压病人可以适量服用党参，党参有一定的降压作用。"

@@ -116,6 +116,9 @@ class DataConfig:
     dedup: dict[str, Any] = field(default_factory=dict)
     # Decontamination against evaluation files, e.g. {benchmarks: [cmb_exam.jsonl], action: drop}.
     decontaminate: dict[str, Any] = field(default_factory=dict)
+    # Group-wise split by prepare, e.g. {dev: 0.05, test: 0.05}: a row's split is a hash of its normalised
+    # question, so a question (and its exact variants) never sits in two splits. Official splits win.
+    split: dict[str, float] = field(default_factory=dict)
     # research | commercial: commercial refuses datasets whose registry entry lacks allowed_use: [commercial].
     intended_use: str = "research"
     # Pack several samples per row (greedy bins of max_length; samples never attend to each other).

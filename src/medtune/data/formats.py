@@ -249,15 +249,15 @@ def pairwise(spec: DatasetSpec) -> Iterator[Item]:
 def cmedqa2(spec: DatasetSpec) -> Iterator[Item]:
     """cMedQA2 with its official split honoured and every question in exactly one split.
 
-    Options (registry `options:`): `answers` first | all | merge; `instruction` none | pool |
+    Options (registry `options:`): `answers` first | all | merge | longest; `instruction` none | pool |
     persona; `persona` (text); `splits` (which to emit, default all three). Each example gets
     `split` so `prepare` writes one file per split and `train` evaluates on `dev`.
     """
     root = Path(spec.path)
     policy = spec.options.get("answers", "first")
     mode = spec.options.get("instruction", "none")
-    if policy not in ("first", "all", "merge") or mode not in ("none", "pool", "persona"):
-        raise DataError(f"{spec.name}: options.answers must be first|all|merge and options.instruction "
+    if policy not in ("first", "all", "merge", "longest") or mode not in ("none", "pool", "persona"):
+        raise DataError(f"{spec.name}: options.answers must be first|all|merge|longest and options.instruction "
                         f"none|pool|persona; got answers={policy!r}, instruction={mode!r}.")
     prompts = yaml.safe_load((Path(__file__).parent / "prompts" / "cmedqa2.yaml").read_text(encoding="utf-8"))
     persona = spec.options.get("persona", prompts["persona"])
@@ -292,7 +292,8 @@ def cmedqa2(spec: DatasetSpec) -> Iterator[Item]:
         if not outs:
             yield Item(where, reason="no_answer", raw=row)
             continue
-        outs = {"first": outs[:1], "all": outs, "merge": ["\n".join(outs)]}[policy]
+        outs = {"first": outs[:1], "all": outs, "merge": ["\n".join(outs)],
+                "longest": [max(outs, key=len)]}[policy]
         rng = random.Random(int(hashlib.md5(qid.encode()).hexdigest(), 16))  # stable per question
         for answer in outs:
             system, user = None, question

@@ -23,7 +23,7 @@ from typing import IO, Any
 from medtune.config import Config
 from medtune.data import io
 from medtune.data.datasets import DatasetSpec, resolve
-from medtune.data.dedup import Decontaminator, Deduper, key_text
+from medtune.data.dedup import Decontaminator, Deduper, key_text, normalise
 from medtune.data.formats import FORMATS
 from medtune.data.steps import build
 from medtune.errors import ConfigError
@@ -130,7 +130,7 @@ def _row(item: Any, spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper 
         sinks.drop(reason, {"dataset": spec.name, "where": item.where, **extra, "row": row})
         return
     example = {**row, "meta": {"dataset": spec.name, "where": item.where, **item.meta}}
-    split = example.pop("split", None) or "all"
+    split = example.pop("split", None) or group_split(row, cfg.data.split)
     name = spec.name if split == "all" else f"{spec.name}.{split}"
     files[name] = str(sinks.path(f"{name}.jsonl"))
     tally.by_split[name] += 1
@@ -143,6 +143,19 @@ def _row(item: Any, spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper 
         pool.append(example)
     elif (j := tally.rng.randrange(tally.by_split[name])) < cfg.data.max_samples:
         pool[j] = example
+
+
+def group_split(row: dict[str, Any], shares: dict[str, float]) -> str:
+    """train / dev / test by a hash of the normalised question: one question group, one split."""
+    if not shares:
+        return "all"
+    unknown = set(shares) - {"dev", "test"}
+    if unknown or sum(shares.values()) >= 1:
+        raise ConfigError(f"data.split takes dev and test shares summing below 1; got {shares}.")
+    digest = hashlib.blake2b(normalise(key_text(row, "question")).encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") / 2**64
+    dev = shares.get("dev", 0.0)
+    return "dev" if u < dev else "test" if u < dev + shares.get("test", 0.0) else "train"
 
 
 def _user_texts(row: dict[str, Any]) -> list[str]:
