@@ -29,11 +29,11 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     return decode(data, str(p), encoding)
 
 
-def decode(data: bytes, name: str, encoding: str) -> str:
+def decode(data: bytes, name: str, encoding: str, first_line: int = 1) -> str:
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
+        line = first_line + data[: e.start].count(b"\n")
         guess = next((enc for enc in ("utf-8", "gb18030") if enc != encoding and _decodes(data, enc)), None)
         fix = f" The file decodes as {guess}: set `encoding: {guess}` for this dataset." if guess else ""
         raise DataError(f"{name}, line {line}: cannot decode byte {data[e.start:e.start + 1]!r} as "
@@ -50,41 +50,66 @@ def _decodes(data: bytes, encoding: str) -> bool:
 
 
 def read_json_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, Any]]:
-    """Yield (line, record) from a JSON array or JSON Lines file (many `.json` files are really JSONL)."""
+    """Yield (line, record) from a JSON array or JSON Lines file (many `.json` files are really JSONL).
+
+    JSON Lines stream line by line, so memory does not grow with the file; a JSON array is parsed whole
+    (its records have no lines of their own: the record's 1-based index is reported instead)."""
     p = Path(path)
-    text = read_text(p, encoding)
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    if not p.exists():
+        read_text(p, encoding)  # raises the file-not-found message
+    with p.open("rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        text = read_text(p, encoding)
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{p}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}). "
                             "Fix the file or convert it to JSON Lines (one object per line).") from None
-        # A JSON array has no per-record lines; report the record's 1-based index instead.
         yield from ((i + 1, r) for i, r in enumerate(records))
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}, line {lineno}, column {e.colno}: invalid JSON ({e.msg}). Each line of a "
-                            "JSON Lines file must be one complete JSON object.") from None
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError:
+                decode(raw, f"{p}", encoding, first_line=lineno)  # raises, naming a likely encoding
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}, line {lineno}, column {e.colno}: invalid JSON ({e.msg}). Each line of a "
+                                "JSON Lines file must be one complete JSON object.") from None
 
 
 def read_csv_records(path: str | Path, encoding: str = "utf-8",
                      required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line, row dict) from a CSV file or a `.zip` holding one CSV; checks required columns."""
+    """Yield (line, row dict) from a CSV file (streamed) or a `.zip` holding one CSV; checks required columns."""
     p = Path(path)
     if p.suffix == ".zip":
         with zipfile.ZipFile(p) as zf:
             inner = [n for n in zf.namelist() if not n.endswith("/")]
-            text = decode(zf.read(inner[0]), f"{p}!{inner[0]}", encoding)
-    else:
-        text = read_text(p, encoding)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+            yield from _csv_rows(io.StringIO(decode(zf.read(inner[0]), f"{p}!{inner[0]}", encoding), newline=""),
+                                 p, required)
+        return
+    if not p.exists():
+        read_text(p, encoding)  # raises the file-not-found message
+    with p.open(encoding=encoding, newline="") as f:
+        try:
+            yield from _csv_rows(f, p, required)
+        except UnicodeDecodeError:
+            read_text(p, encoding)  # re-reads to name the line and a likely encoding
+            raise
+
+
+def _csv_rows(f: Any, p: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    reader = csv.DictReader(f)
     header = reader.fieldnames or []
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{p}, line 1: missing column(s) {missing}; the header has {header}. Rename the "

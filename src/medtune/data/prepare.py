@@ -116,7 +116,7 @@ def _row(item: Any, spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper 
             if why == "redacted":  # a pointer only: the original holds the PII
                 sinks.write("changed/redacted.jsonl", {"dataset": spec.name, "where": item.where})
         row = new
-    if reason is None and dedup is not None and (hit := dedup.check(key_text(row, dedup.on), f"{spec.name}:{item.where}")):
+    if reason is None and dedup is not None and (hit := dedup.check(key_text(row, dedup.on), _ref(spec, item.where))):
         reason, extra = hit[0], {"duplicate_of": hit[1]}
     if reason is None and decontam is not None and (bench := decontam.check("\n".join(_user_texts(row)))):
         tally.contaminated[bench] += 1
@@ -143,6 +143,11 @@ def _row(item: Any, spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper 
         pool.append(example)
     elif (j := tally.rng.randrange(tally.by_split[name])) < cfg.data.max_samples:
         pool[j] = example
+
+
+def _ref(spec: DatasetSpec, where: str) -> str:
+    """A compact row reference for the dedup index (dataset:line; the path is in the registry)."""
+    return f"{spec.name}:{where.rsplit(':', 1)[-1]}"
 
 
 def group_split(row: dict[str, Any], shares: dict[str, float]) -> str:
