@@ -44,3 +44,19 @@ def test_mixed_training_logs_eval_loss_per_dataset(tmp_path):
                  "train.max_steps=4", "train.eval_steps=2", "train.save_steps=100"]) == 0
     metrics = json.loads((tmp_path / "out/metrics.json").read_text())
     assert {"eval_toyhom_neike_sample_loss_after", "eval_second_copy_loss_after"} <= set(metrics)
+
+
+def test_prepare_writes_the_mixture(tmp_path):
+    from medtune.config import load_config
+    from medtune.data.prepare import prepare
+
+    registry = tmp_path / "reg.yaml"
+    registry.write_text(f"second_copy: {{path: {ROOT}/src/medtune/data/samples/toyhom_neike_sample.csv, "
+                        "format: toyhom, encoding: gb18030, license: MIT, source: test}\n")
+    cfg = load_config(str(ROOT / "configs/tiny/sft_lora.yaml"), [
+        f"data.output_dir={tmp_path / 'out'}", f"data.registries=[{registry}]", "data.max_samples=null",
+        "data.datasets=[toyhom_neike_sample, second_copy]", "data.mix={toyhom_neike_sample: 1, second_copy: 3}"])
+    report = prepare(cfg)
+    assert report["mixture"]["second_copy"]["used"] == 400 and report["mixture"]["toyhom_neike_sample"]["used"] == 133
+    rows = [json.loads(x) for x in (tmp_path / "out/mixture.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 533

@@ -92,15 +92,18 @@ def test_a_row_copied_from_an_exam_is_caught(tmp_path):
 
 
 def test_filters_and_normalisation(tmp_path):
+    mojibake = "高血压能吃党参吗？".encode().decode("latin-1")
     rows = [{"instruction": "ＣＴ报告显示结节８ｍｍ，严重吗？", "output": "结节８ｍｍ需要定期复查，一般3到6个月。"},
+            {"instruction": mojibake, "output": "可以适量服用，注意监测血压。"},
             {"instruction": "What should I eat with diabetes?", "output": "Eat more vegetables and less sugar."},
             {"instruction": "头痛", "output": "好"}]
     report, out = run(tmp_path, f"[{write_dataset(tmp_path, rows)}]", "[hand]",
                       "data.steps=[normalize, {language: {min_cjk_ratio: 0.3}}, {length: {min_answer: 4}}]")
-    (kept,) = read(out / "hand.jsonl")
+    kept, repaired = read(out / "hand.jsonl")
     assert kept["messages"][0]["content"] == "CT报告显示结节8mm，严重吗？"  # Chinese punctuation kept
+    assert repaired["messages"][0]["content"] == "高血压能吃党参吗？"  # mojibake repaired (ftfy)
     assert report["datasets"]["hand"]["dropped"] == {"not_chinese": 1, "too_short_answer": 1}
-    assert report["datasets"]["hand"]["changed"] == {"normalized": 1}
+    assert report["datasets"]["hand"]["changed"] == {"normalized": 2}
 
 
 def test_commercial_use_refuses_research_only_data(tmp_path, capsys):

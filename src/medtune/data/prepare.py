@@ -47,6 +47,8 @@ def prepare(cfg: Config) -> dict[str, Any]:
             report["datasets"][spec.name] = _one(spec, cfg, steps, dedup, decontam, sinks, report["files"])
     finally:
         sinks.close()
+    if d.mix:
+        report["mixture"] = write_mixture(cfg, report, out)
     report["kept"] = sum(x["kept"] for x in report["datasets"].values())
     report["dropped"] = dict(sum((Counter(x["dropped"]) for x in report["datasets"].values()), Counter()))
     report["changed"] = dict(sum((Counter(x["changed"]) for x in report["datasets"].values()), Counter()))
@@ -207,6 +209,21 @@ def _progress(name: str) -> Any:
             def update(self) -> None: ...
             def close(self) -> None: ...
         return _Null()
+
+
+def write_mixture(cfg: Config, report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """`mixture.jsonl`: the training rows of the datasets sampled to `data.mix` ratios (seeded), for
+    tools outside medtune; `medtune train` draws the same mixture itself after holding out eval rows."""
+    from medtune.data.mixing import mix
+
+    rows = []
+    for name, path in report["files"].items():
+        if "." not in name or name.endswith(".train"):
+            with open(path, encoding="utf-8") as f:
+                rows.extend(json.loads(line) for line in f)
+    mixed, counts = mix(rows, cfg.data.mix, cfg.data.mix_size, cfg.data.seed)
+    io.write_jsonl(out / "mixture.jsonl", mixed)
+    return counts
 
 
 def licence_check(specs: list[DatasetSpec], intended_use: str) -> None:

@@ -72,11 +72,19 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\ufeff]")
 _SPACES = re.compile(r"[ \t]{2,}")
 
 
-@STEPS.register("normalize", "full-width letters/digits → half-width, control characters out, runs of spaces collapsed")
-def normalize(keep_punctuation: bool = True) -> Step:
-    """Chinese punctuation (，。？) is kept: NFKC would turn it into ASCII and change the text's style."""
+@STEPS.register("normalize", "repair mojibake, full-width letters/digits → half-width, control characters out, spaces collapsed")
+def normalize(keep_punctuation: bool = True, fix_encoding: bool = True) -> Step:
+    """Chinese punctuation (，。？) is kept: NFKC would turn it into ASCII and change the text's style.
+    Mojibake (UTF-8 read as Latin-1/cp1252: é«\x98è¡\x80… → 高血压) is repaired with ftfy's
+    fix_encoding when ftfy is installed; UTF-8 misread as GBK loses bytes and cannot be repaired."""
+    try:
+        from ftfy import fix_encoding as repair
+    except ImportError:
+        repair = None
 
     def fix(text: str) -> str:
+        if fix_encoding and repair is not None:
+            text = repair(text)
         text = unicodedata.normalize("NFC", text)
         text = text.translate(_FULL_WIDTH) if keep_punctuation else unicodedata.normalize("NFKC", text)
         return _SPACES.sub(" ", _CONTROL.sub("", text)).strip()
