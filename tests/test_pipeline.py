@@ -121,15 +121,21 @@ def test_unknown_step_is_explained(capsys):
 
 
 def test_group_split_keeps_each_question_in_one_split(tmp_path):
-    questions = [f"第{i}个问题：最近{i}天总是咳嗽怎么办？" for i in range(60)]
+    import csv
+    import io
+
+    sample = ROOT / "src/medtune/data/samples/toyhom_neike_sample.csv"
+    questions = [r["ask"] for r in csv.DictReader(io.StringIO(sample.read_bytes().decode("gb18030")))][:60]
     rows = [{"instruction": q, "output": f"回答{j}：多喝水，注意休息。"} for q in questions for j in range(3)]
-    rows += [{"instruction": q.replace("？", "?").replace("：", ":"), "output": "另一个回答，注意休息。"} for q in questions]
+    rows += [{"instruction": q.replace("？", "?").replace("，", ","), "output": "另一个回答，注意休息。"} for q in questions]
+    # Near-duplicates (two characters added) must join their question's split too.
+    rows += [{"instruction": "请问" + q, "output": "近似问题的回答。"} for q in questions]
     report, out = run(tmp_path, f"[{write_dataset(tmp_path, rows)}]", "[hand]", "data.split={dev: 0.2, test: 0.2}")
     split_of = {}
     for split in ("train", "dev", "test"):
         for r in read(out / f"hand.{split}.jsonl"):
-            key = r["messages"][0]["content"].replace("?", "？").replace(":", "：")
-            assert split_of.setdefault(key, split) == split  # all 4 variants of a question together
+            key = r["messages"][0]["content"].replace("?", "？").replace(",", "，").removeprefix("请问")
+            assert split_of.setdefault(key, split) == split  # all 5 variants of a question together
     assert set(split_of.values()) == {"train", "dev", "test"} and len(split_of) == 60
     assert report["datasets"]["hand"]["kept_by_split"]["hand.train"] > report["datasets"]["hand"]["kept_by_split"]["hand.dev"]
 

@@ -38,13 +38,14 @@ def prepare(cfg: Config) -> dict[str, Any]:
     specs = resolve(d.datasets, d.registries)
     licence_check(specs, d.intended_use)
     steps = build(d.steps)
-    dedup = Deduper(**d.dedup) if d.dedup else None
-    decontam = Decontaminator(**d.decontaminate) if d.decontaminate else None
+    passes = _Passes(steps=steps, dedup=Deduper(**d.dedup) if d.dedup else None,
+                     decontam=Decontaminator(**d.decontaminate) if d.decontaminate else None,
+                     splitter=GroupSplitter(d.split) if d.split else None)
     report: dict[str, Any] = {"output_dir": str(out), "datasets": {}, "files": {}}
     sinks = _Sinks(out)
     try:
         for spec in specs:
-            report["datasets"][spec.name] = _one(spec, cfg, steps, dedup, decontam, sinks, report["files"])
+            report["datasets"][spec.name] = _one(spec, cfg, passes, sinks, report["files"])
     finally:
         sinks.close()
     if d.mix:
@@ -63,6 +64,16 @@ def prepared_dir(cfg: Config) -> Path:
 
 
 @dataclass
+class _Passes:
+    """The run-wide passes, shared by all datasets of one prepare (dedup and splits span datasets)."""
+
+    steps: list
+    dedup: Deduper | None
+    decontam: Decontaminator | None
+    splitter: GroupSplitter | None
+
+
+@dataclass
 class _Tally:
     """Counts of one dataset's pass."""
 
@@ -76,14 +87,13 @@ class _Tally:
     rng: random.Random = field(default_factory=random.Random)
 
 
-def _one(spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper | None, decontam: Decontaminator | None,
-         sinks: _Sinks, files: dict[str, str]) -> dict[str, Any]:
+def _one(spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sinks, files: dict[str, str]) -> dict[str, Any]:
     tally = _Tally(rng=random.Random(cfg.data.seed))
     progress = _progress(spec.name)
     try:
         for item in FORMATS.get(spec.format)(spec):
             progress.update()
-            _row(item, spec, cfg, steps, dedup, decontam, sinks, files, tally)
+            _row(item, spec, cfg, passes, sinks, files, tally)
     finally:
         progress.close()
     for name, pool in tally.reservoirs.items():
@@ -99,8 +109,8 @@ def _one(spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper | None, dec
                               for k, v in tally.by_split.items()}}
 
 
-def _row(item: Any, spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper | None,
-         decontam: Decontaminator | None, sinks: _Sinks, files: dict[str, str], tally: _Tally) -> None:
+def _row(item: Any, spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sinks, files: dict[str, str],
+         tally: _Tally) -> None:
     """One row through steps → dedup → decontamination → output (or a dropped/ file)."""
     tally.read += 1
     if item.example is None:
@@ -108,7 +118,8 @@ def _row(item: Any, spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper 
         sinks.drop(item.reason, {"dataset": spec.name, "where": item.where, "row": item.raw})
         return
     row, reason, extra = item.example, None, {}
-    for _, step in steps:
+    dedup, decontam = passes.dedup, passes.decontam
+    for _, step in passes.steps:
         new, why = step(row, tally.stats)
         if new is None:
             reason = why
@@ -132,7 +143,7 @@ def _row(item: Any, spec: DatasetSpec, cfg: Config, steps: list, dedup: Deduper 
         sinks.drop(reason, {"dataset": spec.name, "where": item.where, **extra, "row": row})
         return
     example = {**row, "meta": {"dataset": spec.name, "where": item.where, **item.meta}}
-    split = example.pop("split", None) or group_split(row, cfg.data.split)
+    split = example.pop("split", None) or (passes.splitter(row) if passes.splitter else "all")
     name = spec.name if split == "all" else f"{spec.name}.{split}"
     files[name] = str(sinks.path(f"{name}.jsonl"))
     tally.by_split[name] += 1
@@ -152,17 +163,48 @@ def _ref(spec: DatasetSpec, where: str) -> str:
     return f"{spec.name}:{where.rsplit(':', 1)[-1]}"
 
 
-def group_split(row: dict[str, Any], shares: dict[str, float]) -> str:
-    """train / dev / test by a hash of the normalised question: one question group, one split."""
-    if not shares:
-        return "all"
-    unknown = set(shares) - {"dev", "test"}
-    if unknown or sum(shares.values()) >= 1:
-        raise ConfigError(f"data.split takes dev and test shares summing below 1; got {shares}.")
-    digest = hashlib.blake2b(normalise(key_text(row, "question")).encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2**64
-    dev = shares.get("dev", 0.0)
-    return "dev" if u < dev else "test" if u < dev + shares.get("test", 0.0) else "train"
+class GroupSplitter:
+    """train / dev / test by question group, so no question — nor a near-duplicate of it — sits in two
+    splits. A question's split is a hash of its normalised text; with datasketch installed, a question
+    that is a near-duplicate (MinHash LSH, Jaccard ≥ `threshold` on character n-grams) of an earlier
+    one joins that one's split instead."""
+
+    def __init__(self, shares: dict[str, float], threshold: float = 0.7, ngram: int = 4, num_perm: int = 64) -> None:
+        shares = dict(shares)
+        self.threshold = shares.pop("near_threshold", threshold)
+        if set(shares) - {"dev", "test"} or sum(shares.values()) >= 1:
+            raise ConfigError(f"data.split takes dev and test shares summing below 1 (and near_threshold); got {shares}.")
+        self.dev, self.test, self.ngram, self.num_perm = shares.get("dev", 0.0), shares.get("test", 0.0), ngram, num_perm
+        self.splits: list[str] = []
+        self.exact: dict[bytes, str] = {}
+        try:
+            from datasketch import MinHashLSH
+
+            self.lsh = MinHashLSH(threshold=self.threshold, num_perm=num_perm)
+        except ImportError:
+            self.lsh = None
+
+    def __call__(self, row: dict[str, Any]) -> str:
+        question = key_text(row, "question")
+        digest = hashlib.blake2b(normalise(question).encode(), digest_size=8).digest()
+        if digest in self.exact:  # the same question (up to case, spaces, punctuation): same split
+            return self.exact[digest]
+        u = int.from_bytes(digest, "big") / 2**64
+        split = "dev" if u < self.dev else "test" if u < self.dev + self.test else "train"
+        if self.lsh is not None:
+            from datasketch import MinHash
+
+            from medtune.data.dedup import grams
+
+            mh = MinHash(num_perm=self.num_perm)
+            mh.update_batch([g.encode() for g in grams(question, self.ngram)])
+            if hits := self.lsh.query(mh):
+                split = self.splits[min(int(h) for h in hits)]  # the earliest near-duplicate's split
+            else:
+                self.lsh.insert(str(len(self.splits)), mh)
+                self.splits.append(split)
+        self.exact[digest] = split
+        return split
 
 
 def _user_texts(row: dict[str, Any]) -> list[str]:
