@@ -146,3 +146,21 @@ def test_cmedqa2_longest_answer_policy(tmp_path):
     report, out = run(tmp_path, f"[{reg}]", "[c]")
     q101 = next(r for r in read(out / "c.train.jsonl") if r["meta"]["question_id"] == "101")
     assert q101["messages"][1]["content"] == "高血压病人可以适量服用党参，党参有一定的降压作用。"
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("all", ["多喝水。", "多喝温水，注意休息。", "可以吃退烧药。", "多休息。"]),
+    ("first", ["多喝水。", "可以吃退烧药。"]),
+    ("longest", ["多喝温水，注意休息。", "可以吃退烧药。"]),
+    ("merge", ["可以吃退烧药。", "多喝水。\n多喝温水，注意休息。\n多休息。"]),
+])
+def test_several_answers_to_one_question(tmp_path, policy, expected):
+    rows = [{"instruction": "感冒了怎么办？", "output": "多喝水。"},
+            {"instruction": "感冒了 怎么办?", "output": "多喝温水，注意休息。"},  # the same question, normalised
+            {"instruction": "发烧了怎么办？", "output": "可以吃退烧药。"},
+            {"instruction": "感冒了怎么办", "output": "多休息。"}]
+    report, out = run(tmp_path, f"[{write_dataset(tmp_path, rows)}]", "[hand]", f"data.answers={policy}")
+    assert [r["messages"][1]["content"] for r in read(out / "hand.jsonl")] == expected
+    d = report["datasets"]["hand"]
+    assert d["rows_read"] == 4 and d["kept"] + sum(d["dropped"].values()) == 4
+    assert d["dropped"].get("merged_answer", 0) == 4 - len(expected)

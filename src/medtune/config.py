@@ -116,6 +116,8 @@ class DataConfig:
     dedup: dict[str, Any] = field(default_factory=dict)
     # Decontamination against evaluation files, e.g. {benchmarks: [cmb_exam.jsonl], action: drop}.
     decontaminate: dict[str, Any] = field(default_factory=dict)
+    # Several answers to one question (same normalised question, one dataset): all | first | longest | merge.
+    answers: str = "all"
     # Group-wise split by prepare, e.g. {dev: 0.05, test: 0.05}: a row's split is a hash of its normalised
     # question, so a question (and its exact variants) never sits in two splits. Official splits win.
     split: dict[str, float] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from medtune.config import Config
 from medtune.data import io
+from medtune.data.answers import AnswerGroups
 from medtune.data.datasets import DatasetSpec, resolve
 from medtune.data.dedup import Decontaminator, Deduper, key_text, normalise
 from medtune.data.formats import FORMATS
@@ -89,10 +90,23 @@ class _Tally:
 
 def _one(spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sinks, files: dict[str, str]) -> dict[str, Any]:
     tally = _Tally(rng=random.Random(cfg.data.seed))
+    convert = FORMATS.get(spec.format)
+    groups = AnswerGroups(cfg.data.answers)
+    if cfg.data.answers != "all":
+        groups.scan(convert(spec))  # first pass: index questions (memory: distinct questions only)
     progress = _progress(spec.name)
     try:
-        for item in FORMATS.get(spec.format)(spec):
+        for index, item in enumerate(convert(spec)):
             progress.update()
+            if item.example is not None and cfg.data.answers != "all":
+                example, carrier = groups.decide(index, item.example)
+                if example is None:
+                    tally.read += 1
+                    tally.dropped["merged_answer"] += 1
+                    sinks.drop("merged_answer", {"dataset": spec.name, "where": item.where,
+                                                 "answer_kept_with": f"row {carrier + 1} of the dataset", "row": item.example})
+                    continue
+                item.example = example
             _row(item, spec, cfg, passes, sinks, files, tally)
     finally:
         progress.close()
