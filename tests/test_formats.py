@@ -177,3 +177,30 @@ def test_csv_with_missing_column(tmp_path):
     spec.columns = {"title": "问题", "ask": "问题", "answer": "回答"}
     (item,) = FORMATS.get("toyhom")(spec)
     assert item.example["messages"][1]["content"] == "注意休息"
+
+
+def test_multi_turn_reconstruction_round_trips_real_dialogues(tmp_path):
+    import random
+
+    source = shared("cmtmedqa_zhongjing/CMtMedQA_test.json")
+    dialogues = [d for d in json.loads(source.read_text(encoding="utf-8"))[:40] if d.get("history")]
+    rows, rng = [], random.Random(0)
+    for d in dialogues:
+        exchanges = [*d["history"], [d["instruction"], d["output"]]]
+        turns = [{"dialogue_id": d["id"], "turn": k, "question": q, "answer": a} for k, (q, a) in enumerate(exchanges)]
+        rng.shuffle(turns)  # turn numbers, not file order, give the order
+        rows += turns
+    (tmp_path / "turns.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "orig.json").write_text(json.dumps(dialogues, ensure_ascii=False), encoding="utf-8")
+    spec = DatasetSpec(name="t", path=str(tmp_path / "turns.jsonl"), format="turns")
+    rebuilt = [i.example["messages"] for i in FORMATS.get("turns")(spec)]
+    original = [i.example["messages"] for i in FORMATS.get("alpaca")(DatasetSpec(name="o", path=str(tmp_path / "orig.json"), format="alpaca"))]
+    assert len(rebuilt) == len(dialogues) > 10 and rebuilt == original
+
+
+def test_interleaved_dialogue_rows_are_refused(tmp_path):
+    rows = [{"dialogue_id": "a", "question": "q1", "answer": "a1"}, {"dialogue_id": "b", "question": "q", "answer": "a"},
+            {"dialogue_id": "a", "question": "q2", "answer": "a2"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=r"t\.jsonl:3: dialogue 'a' continues after other dialogues \(it ended at line 1\)"):
+        list(FORMATS.get("turns")(DatasetSpec(name="t", path=str(tmp_path / "t.jsonl"), format="turns")))

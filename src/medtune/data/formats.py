@@ -321,3 +321,53 @@ def _split_ids(root: Path, split: str, encoding: str) -> Iterator[str]:
             for _, row in io.read_csv_records(root / name, encoding, ("question_id",)):
                 yield row["question_id"]
             return
+
+
+@FORMATS.register("turns", "one row per turn (JSONL/CSV) with a dialogue id: rows sharing an id become one conversation")
+def turns(spec: DatasetSpec) -> Iterator[Item]:
+    """Multi-turn reconstruction where ids allow it.
+
+    Each row holds one exchange (`question` + `answer`) or one message (`role` + `content`), a dialogue
+    id (`dialogue_id`) and optionally a turn number (`turn`; file order otherwise). Rows of a dialogue
+    must be contiguous, which is how dialogue dumps are written; a dialogue whose rows are split by
+    another one cannot be rebuilt while streaming and stops with the two line numbers.
+    """
+    id_col, turn_col = spec.columns.get("dialogue_id", "dialogue_id"), spec.columns.get("turn", "turn")
+    rows = (io.read_csv_records(spec.path, spec.encoding) if Path(spec.path).suffix == ".csv"
+            else io.read_json_records(spec.path, spec.encoding))
+    finished: dict[str, int] = {}
+    current: str | None = None
+    group: list[tuple[int, int, dict[str, Any]]] = []
+    for line, row in rows:
+        where = f"{spec.path}:{line}"
+        key = str(_field(row, spec, "dialogue_id", where, default=id_col))
+        if key != current:
+            if current is not None:
+                yield _dialogue(group, spec)
+                finished[current] = group[-1][0]
+            if key in finished:
+                raise DataError(f"{where}: dialogue {key!r} continues after other dialogues (it ended at line "
+                                f"{finished[key]}). Sort the file by {id_col!r} so each dialogue's rows are together.")
+            current, group = key, []
+        turn = row.get(turn_col)
+        group.append((line, int(turn) if turn not in (None, "") else len(group), row))
+    if current is not None:
+        yield _dialogue(group, spec)
+
+
+def _dialogue(group: list[tuple[int, int, dict[str, Any]]], spec: DatasetSpec) -> Item:
+    first = group[0][0]
+    where = f"{spec.path}:{first}-{group[-1][0]}" if len(group) > 1 else f"{spec.path}:{first}"
+    messages: list[dict[str, str]] = []
+    for line, _, row in sorted(group, key=lambda g: g[1]):
+        w = f"{spec.path}:{line}"
+        if spec.columns.get("question", "question") in row:
+            messages += [{"role": "user", "content": _text(_field(row, spec, "question", w))},
+                         {"role": "assistant", "content": _text(_field(row, spec, "answer", w))}]
+        else:
+            role = _SHAREGPT_ROLES.get(_text(_field(row, spec, "role", w)))
+            if role is None:
+                return Item(where, reason="unknown_role", raw=[g[2] for g in group])
+            messages.append({"role": role, "content": _text(_field(row, spec, "content", w))})
+    return _check_turns(Item(where, {"messages": messages}, raw=[g[2] for g in group],
+                             meta={"dialogue_id": str(_field(group[0][2], spec, "dialogue_id", where))}))
