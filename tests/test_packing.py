@@ -57,7 +57,7 @@ def test_packed_batch_disables_the_kv_cache():
     assert batch["use_cache"] is False
 
 
-def test_first_fit_decreasing_bins():
+def test_best_fit_decreasing_bins():
     samples = [{"input_ids": [1] * n, "labels": [2] * n} for n in (5, 3, 7, 2, 4)]
     rows = pack(samples, max_length=8)
     assert [r["position_ids"] for r in rows] == [

@@ -33,7 +33,8 @@ def assistant_spans(template: ChatTemplate, messages: list[dict[str, str]], spec
     spans = []
     for i in turns:
         prompt = template.render(messages[:i], specials, add_generation_prompt=True)
-        upto = template.render(messages[: i + 1], specials)
+        # The last turn's rendering is the full text: no need to render it twice.
+        upto = text if i == len(messages) - 1 else template.render(messages[: i + 1], specials)
         if not (upto.startswith(prompt) and text.startswith(upto)):
             raise TemplateError(
                 f"Template {template.name!r} is not prefix-stable at turn {i}: rendering fewer messages "
