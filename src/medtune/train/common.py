@@ -126,6 +126,32 @@ def encode_eval(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTempla
     return (sets if len(sets) > 1 else next(iter(sets.values()), [])), count, too_long
 
 
+@dataclasses.dataclass
+class Run:
+    """What every stage starts from: where it writes, its trainer arguments, and its data."""
+
+    out: Path
+    args: Any
+    resume: Any
+    report: dict[str, Any]
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+
+
+def start(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> Run:
+    """The preamble every stage shares: resolved config written, arguments validated (before any
+    work), data prepared once (main process) and split into train / eval rows."""
+    from medtune.config import dump_config
+    from medtune.data.prepare import load_prepared
+
+    out = cfg.output_dir
+    dump_config(cfg, out)
+    args, resume = training_arguments(cfg, config_class, **stage_defaults)
+    report = prepare_once(cfg, args)
+    train_rows, eval_rows = split_eval(load_prepared(report), cfg.data)
+    return Run(out, args, resume, report, train_rows, eval_rows)
+
+
 def prepare_once(cfg: Config, args: Any) -> dict[str, Any]:
     """Prepare the data on the main process only; the other ranks wait, then read its report.
     (Every rank writing the same streamed files at once would interleave their rows.)"""

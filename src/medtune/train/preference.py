@@ -14,19 +14,12 @@ import logging
 from functools import partial
 from typing import Any
 
-from medtune.config import Config, dump_config
-from medtune.data.prepare import load_prepared
+from medtune.config import Config
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import (
-    prepare_once,
-    require_eval_split,
-    split_eval,
-    train_and_save,
-    training_arguments,
-)
+from medtune.train.common import require_eval_split, start, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +43,21 @@ def run(cfg: Config, stage: str) -> dict[str, Any]:
 
     trainer_path, config_path, stage_defaults, _ = TRAINERS[stage]
     trainer_cls, config_cls = _import(trainer_path), _import(config_path)
-    out = cfg.output_dir
-    dump_config(cfg, out)
-    args, resume = training_arguments(cfg, config_cls, max_length=cfg.data.max_length, **stage_defaults)
-
-    report = prepare_once(cfg, args)
-    train_rows, eval_rows = (_rows(rows, stage) for rows in split_eval(load_prepared(report), cfg.data))
+    r = start(cfg, config_cls, max_length=cfg.data.max_length, **stage_defaults)
+    train_rows, eval_rows = _rows(r.train_rows, stage), _rows(r.eval_rows, stage)
     if not train_rows:
-        raise MedtuneError(f"No preference pairs to train on; see {report['output_dir']}/report.json.")
-    require_eval_split(args, bool(eval_rows))
+        raise MedtuneError(f"No preference pairs to train on; see {r.report['output_dir']}/report.json.")
+    require_eval_split(r.args, bool(eval_rows))
 
     model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg),
                                      reward_head=stage == "rm")
-    set_seed(args.seed)
+    set_seed(r.args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg, task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM")
-    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+    trainer = trainer_cls(model=model, args=r.args, train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                           processing_class=tokenizer)
     metrics: dict[str, Any] = {"train_pairs": len(train_rows), "eval_pairs": len(eval_rows)}
-    return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_rows))
+    return train_and_save(trainer, tokenizer, r.out, metrics, r.resume, bool(eval_rows))
 
 
 def _rows(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:

@@ -6,21 +6,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from medtune.config import Config, dump_config
+from medtune.config import Config
 from medtune.data.packing import COUNT, CountingCollator, PackedCollator, concat
-from medtune.data.prepare import load_prepared
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import (
-    make_trainer,
-    prepare_once,
-    require_eval_split,
-    split_eval,
-    train_and_save,
-    training_arguments,
-)
+from medtune.train.common import make_trainer, require_eval_split, start, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +21,24 @@ log = logging.getLogger(__name__)
 def run(cfg: Config) -> dict[str, Any]:
     from transformers import set_seed
 
-    out = cfg.output_dir
-    dump_config(cfg, out)
-    args, resume = training_arguments(cfg)
-
-    report = prepare_once(cfg, args)
-    train_docs, eval_docs = split_eval(load_prepared(report), cfg.data)
+    r = start(cfg)
+    train_docs, eval_docs = r.train_rows, r.eval_rows
     if any("text" not in d for d in train_docs + eval_docs):
         raise ConfigError("Stage pt trains on plain text: every dataset must have format `text` "
                           f"(got {', '.join(cfg.data.datasets)}; see `medtune ls formats`).")
     model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg))
     train_set, eval_set = (blocks(tokenizer, docs, cfg.data.max_length) for docs in (train_docs, eval_docs))
     if not train_set:
-        raise MedtuneError(f"No text to train on; see {report['output_dir']}/report.json.")
-    require_eval_split(args, bool(eval_set))
+        raise MedtuneError(f"No text to train on; see {r.report['output_dir']}/report.json.")
+    require_eval_split(r.args, bool(eval_set))
 
-    set_seed(args.seed)
+    set_seed(r.args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg)
     collator = CountingCollator(PackedCollator(tokenizer.pad_token_id))
-    trainer = make_trainer(cfg, model, args, tokenizer, [{**b, COUNT: True} for b in train_set], eval_set, collator)
+    trainer = make_trainer(cfg, model, r.args, tokenizer, [{**b, COUNT: True} for b in train_set], eval_set, collator)
     metrics: dict[str, Any] = {"train_documents": len(train_docs), "train_blocks": len(train_set),
                                "eval_blocks": len(eval_set), "block_size": cfg.data.max_length}
-    return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_set))
+    return train_and_save(trainer, tokenizer, r.out, metrics, r.resume, bool(eval_set))
 
 
 def blocks(tokenizer: Any, docs: list[dict[str, Any]], size: int) -> list[dict[str, list[int]]]:

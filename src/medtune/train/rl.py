@@ -14,19 +14,12 @@ import dataclasses
 import logging
 from typing import Any
 
-from medtune.config import Config, dump_config
-from medtune.data.prepare import load_prepared
+from medtune.config import Config
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import (
-    prepare_once,
-    require_eval_split,
-    split_eval,
-    train_and_save,
-    training_arguments,
-)
+from medtune.train.common import require_eval_split, start, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +32,22 @@ def run(cfg: Config) -> dict[str, Any]:
 
     if not cfg.finetune.reward_model:
         raise ConfigError("Stage grpo needs finetune.reward_model: the train.output_dir of an `rm` run.")
-    out = cfg.output_dir
-    dump_config(cfg, out)
-    args, resume = training_arguments(cfg, GRPOConfig, max_completion_length=64, num_generations=4,
-                                      per_device_train_batch_size=4)
-    train_rows, eval_rows = (_prompts(rows) for rows in split_eval(load_prepared(prepare_once(cfg, args)), cfg.data))
+    r = start(cfg, GRPOConfig, max_completion_length=64, num_generations=4, per_device_train_batch_size=4)
+    train_rows, eval_rows = _prompts(r.train_rows), _prompts(r.eval_rows)
     if not train_rows:
         raise MedtuneError("No prompts to train on.")
-    require_eval_split(args, bool(eval_rows))
+    require_eval_split(r.args, bool(eval_rows))
 
     reward_model, reward_tokenizer, _ = load_model(_reward_model_config(cfg), reward_head=True)
     model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg))
-    set_seed(args.seed)
+    set_seed(r.args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_model, args=args,
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_model, args=r.args,
                           train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizer)
     metrics: dict[str, Any] = {"train_prompts": len(train_rows), "eval_prompts": len(eval_rows)}
-    return train_and_save(trainer, tokenizer, out, metrics, resume, bool(eval_rows))
+    return train_and_save(trainer, tokenizer, r.out, metrics, r.resume, bool(eval_rows))
 
 
 def _reward_model_config(cfg: Config):
