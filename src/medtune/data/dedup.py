@@ -6,6 +6,8 @@ character n-grams (datasketch): word-free, so it suits Chinese, and a few change
 rephrased punctuation keep the Jaccard similarity above the threshold. The first occurrence is kept
 (streaming; datasets are read in config order) and every dropped row records which row it duplicates.
 
+GroupSplitter assigns train / dev / test by question group, exact and near-duplicate questions together.
+
 Decontamination checks every training row against evaluation files (exam stems, QA test questions):
 an exact normalised-stem match, or a share of the benchmark item's character n-grams found in the
 row at or above `threshold`, marks the row; it is dropped or flagged per benchmark.
@@ -128,3 +130,45 @@ def key_text(row: dict[str, Any], on: str) -> str:
         user = texts(row, "user")
         return user[0] if user else " ".join(texts(row))
     return "\n".join(texts(row))
+
+
+class GroupSplitter:
+    """train / dev / test by question group, so no question — nor a near-duplicate of it — sits in two
+    splits. A question's split is a hash of its normalised text; with datasketch installed, a question
+    that is a near-duplicate (MinHash LSH, Jaccard ≥ `threshold` on character n-grams) of an earlier
+    one joins that one's split instead."""
+
+    def __init__(self, shares: dict[str, float], threshold: float = 0.7, ngram: int = 4, num_perm: int = 64) -> None:
+        shares = dict(shares)
+        self.threshold = shares.pop("near_threshold", threshold)
+        if set(shares) - {"dev", "test"} or sum(shares.values()) >= 1:
+            raise ConfigError(f"data.split takes dev and test shares summing below 1 (and near_threshold); got {shares}.")
+        self.dev, self.test, self.ngram, self.num_perm = shares.get("dev", 0.0), shares.get("test", 0.0), ngram, num_perm
+        self.splits: list[str] = []
+        self.exact: dict[bytes, str] = {}
+        try:
+            from datasketch import MinHashLSH
+
+            self.lsh = MinHashLSH(threshold=self.threshold, num_perm=num_perm)
+        except ImportError:
+            self.lsh = None
+
+    def __call__(self, row: dict[str, Any]) -> str:
+        question = key_text(row, "question")
+        digest = hashlib.blake2b(normalise(question).encode(), digest_size=8).digest()
+        if digest in self.exact:  # the same question (up to case, spaces, punctuation): same split
+            return self.exact[digest]
+        u = int.from_bytes(digest, "big") / 2**64
+        split = "dev" if u < self.dev else "test" if u < self.dev + self.test else "train"
+        if self.lsh is not None:
+            from datasketch import MinHash
+
+            mh = MinHash(num_perm=self.num_perm)
+            mh.update_batch([g.encode() for g in grams(question, self.ngram)])
+            if hits := self.lsh.query(mh):
+                split = self.splits[min(int(h) for h in hits)]  # the earliest near-duplicate's split
+            else:
+                self.lsh.insert(str(len(self.splits)), mh)
+                self.splits.append(split)
+        self.exact[digest] = split
+        return split

@@ -11,7 +11,6 @@ Examples that carry an official split (cMedQA2) go to one file per split, `<data
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -23,11 +22,11 @@ from typing import IO, Any
 from medtune.config import Config
 from medtune.data import io
 from medtune.data.answers import AnswerGroups
+from medtune.data.card import licence_check, write_card
 from medtune.data.datasets import DatasetSpec, resolve
-from medtune.data.dedup import Decontaminator, Deduper, key_text, normalise
+from medtune.data.dedup import Decontaminator, Deduper, GroupSplitter, key_text
 from medtune.data.formats import FORMATS
 from medtune.data.steps import build
-from medtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -177,50 +176,6 @@ def _ref(spec: DatasetSpec, where: str) -> str:
     return f"{spec.name}:{where.rsplit(':', 1)[-1]}"
 
 
-class GroupSplitter:
-    """train / dev / test by question group, so no question — nor a near-duplicate of it — sits in two
-    splits. A question's split is a hash of its normalised text; with datasketch installed, a question
-    that is a near-duplicate (MinHash LSH, Jaccard ≥ `threshold` on character n-grams) of an earlier
-    one joins that one's split instead."""
-
-    def __init__(self, shares: dict[str, float], threshold: float = 0.7, ngram: int = 4, num_perm: int = 64) -> None:
-        shares = dict(shares)
-        self.threshold = shares.pop("near_threshold", threshold)
-        if set(shares) - {"dev", "test"} or sum(shares.values()) >= 1:
-            raise ConfigError(f"data.split takes dev and test shares summing below 1 (and near_threshold); got {shares}.")
-        self.dev, self.test, self.ngram, self.num_perm = shares.get("dev", 0.0), shares.get("test", 0.0), ngram, num_perm
-        self.splits: list[str] = []
-        self.exact: dict[bytes, str] = {}
-        try:
-            from datasketch import MinHashLSH
-
-            self.lsh = MinHashLSH(threshold=self.threshold, num_perm=num_perm)
-        except ImportError:
-            self.lsh = None
-
-    def __call__(self, row: dict[str, Any]) -> str:
-        question = key_text(row, "question")
-        digest = hashlib.blake2b(normalise(question).encode(), digest_size=8).digest()
-        if digest in self.exact:  # the same question (up to case, spaces, punctuation): same split
-            return self.exact[digest]
-        u = int.from_bytes(digest, "big") / 2**64
-        split = "dev" if u < self.dev else "test" if u < self.dev + self.test else "train"
-        if self.lsh is not None:
-            from datasketch import MinHash
-
-            from medtune.data.dedup import grams
-
-            mh = MinHash(num_perm=self.num_perm)
-            mh.update_batch([g.encode() for g in grams(question, self.ngram)])
-            if hits := self.lsh.query(mh):
-                split = self.splits[min(int(h) for h in hits)]  # the earliest near-duplicate's split
-            else:
-                self.lsh.insert(str(len(self.splits)), mh)
-                self.splits.append(split)
-        self.exact[digest] = split
-        return split
-
-
 def _user_texts(row: dict[str, Any]) -> list[str]:
     from medtune.data.steps import texts
 
@@ -280,50 +235,6 @@ def write_mixture(cfg: Config, report: dict[str, Any], out: Path) -> dict[str, A
     mixed, counts = mix(rows, cfg.data.mix, cfg.data.mix_size, cfg.data.seed)
     io.write_jsonl(out / "mixture.jsonl", mixed)
     return counts
-
-
-def licence_check(specs: list[DatasetSpec], intended_use: str) -> None:
-    """Refuse a commercial run on data whose registry entry does not allow commercial use."""
-    if intended_use not in ("research", "commercial"):
-        raise ConfigError(f"data.intended_use must be research or commercial; got {intended_use!r}.")
-    if intended_use != "commercial":
-        return
-    blocked = [f"{s.name} ({s.license})" for s in specs if "commercial" not in s.allowed_use]
-    if blocked:
-        raise ConfigError("data.intended_use=commercial, but these datasets do not allow commercial use (registry "
-                          f"`allowed_use`): {', '.join(blocked)}. Remove them or check their licences.")
-
-
-def write_card(cfg: Config, specs: list[DatasetSpec], report: dict[str, Any], out: Path) -> Path:
-    """README.md of the prepared folder: sources, licences, counts in and out by reason, hashes, config."""
-    import yaml
-
-    from medtune.config import to_dict
-
-    def sha(path: str | Path) -> str:
-        p = Path(path)
-        if p.is_dir():
-            return "folder: " + ", ".join(f"{f.name} {sha(f)}" for f in sorted(p.iterdir()) if f.is_file())
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()[:16]
-
-    lines = ["# Prepared dataset card", "", f"Intended use: **{cfg.data.intended_use}**.", "",
-             "| dataset | source | licence | allowed use | read | kept | dropped | changed |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s in specs:
-        r = report["datasets"][s.name]
-        lines.append(f"| {s.name} | {s.source} | {s.license} | {', '.join(s.allowed_use) or 'unknown'} | {r['rows_read']} "
-                     f"| {r['kept']} | {sum(r['dropped'].values())} {r['dropped'] or ''} | {r['changed'] or ''} |")
-    lines += ["", f"PII replaced: {report['pii_replaced'] or 'none'}", "", "## Inputs (sha256, 16 hex)", ""]
-    lines += [f"- `{s.path}`: {sha(s.path)}" for s in specs if Path(s.path).exists()]
-    lines += ["", "## Outputs", ""]
-    lines += [f"- `{Path(p).name}`: {sha(p)}" for p in sorted(set(report["files"].values())) if Path(p).exists()]
-    lines += ["", "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg)["data"], allow_unicode=True, sort_keys=False),
-              "```", ""]
-    return io.atomic_write_text(out / "README.md", "\n".join(lines))
 
 
 def load_prepared(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

@@ -1,0 +1,56 @@
+"""Provenance: the intended-use licence check and the dataset card of a prepared folder."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from medtune.config import Config
+from medtune.data import io
+from medtune.data.datasets import DatasetSpec
+from medtune.errors import ConfigError
+
+
+def licence_check(specs: list[DatasetSpec], intended_use: str) -> None:
+    """Refuse a commercial run on data whose registry entry does not allow commercial use."""
+    if intended_use not in ("research", "commercial"):
+        raise ConfigError(f"data.intended_use must be research or commercial; got {intended_use!r}.")
+    if intended_use != "commercial":
+        return
+    blocked = [f"{s.name} ({s.license})" for s in specs if "commercial" not in s.allowed_use]
+    if blocked:
+        raise ConfigError("data.intended_use=commercial, but these datasets do not allow commercial use (registry "
+                          f"`allowed_use`): {', '.join(blocked)}. Remove them or check their licences.")
+
+
+def write_card(cfg: Config, specs: list[DatasetSpec], report: dict[str, Any], out: Path) -> Path:
+    """README.md of the prepared folder: sources, licences, counts in and out by reason, hashes, config."""
+    import yaml
+
+    from medtune.config import to_dict
+
+    def sha(path: str | Path) -> str:
+        p = Path(path)
+        if p.is_dir():
+            return "folder: " + ", ".join(f"{f.name} {sha(f)}" for f in sorted(p.iterdir()) if f.is_file())
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:16]
+
+    lines = ["# Prepared dataset card", "", f"Intended use: **{cfg.data.intended_use}**.", "",
+             "| dataset | source | licence | allowed use | read | kept | dropped | changed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in specs:
+        r = report["datasets"][s.name]
+        lines.append(f"| {s.name} | {s.source} | {s.license} | {', '.join(s.allowed_use) or 'unknown'} | {r['rows_read']} "
+                     f"| {r['kept']} | {sum(r['dropped'].values())} {r['dropped'] or ''} | {r['changed'] or ''} |")
+    lines += ["", f"PII replaced: {report['pii_replaced'] or 'none'}", "", "## Inputs (sha256, 16 hex)", ""]
+    lines += [f"- `{s.path}`: {sha(s.path)}" for s in specs if Path(s.path).exists()]
+    lines += ["", "## Outputs", ""]
+    lines += [f"- `{Path(p).name}`: {sha(p)}" for p in sorted(set(report["files"].values())) if Path(p).exists()]
+    lines += ["", "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg)["data"], allow_unicode=True, sort_keys=False),
+              "```", ""]
+    return io.atomic_write_text(out / "README.md", "\n".join(lines))
