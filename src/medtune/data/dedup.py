@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from medtune.data.steps import texts
 from medtune.errors import ConfigError, DataError
 
 _STRIP = re.compile(r"[\W_]+", re.UNICODE)
@@ -46,10 +47,10 @@ class Deduper:
         self.lsh = None
         if near:
             try:
-                from datasketch import MinHashLSH
+                from datasketch import MinHash, MinHashLSH
             except ImportError:
                 raise ConfigError("data.dedup.near needs datasketch: pip install 'medtune[data]'.") from None
-            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+            self.lsh, self.minhash = MinHashLSH(threshold=threshold, num_perm=num_perm), MinHash
         self.count = 0
 
     def check(self, key_text: str, where: str) -> tuple[str, str] | None:
@@ -58,9 +59,7 @@ class Deduper:
         if self.exact and digest in self.seen:
             return "duplicate_exact", self.seen[digest]
         if self.lsh is not None:
-            from datasketch import MinHash
-
-            mh = MinHash(num_perm=self.num_perm)
+            mh = self.minhash(num_perm=self.num_perm)
             mh.update_batch([g.encode() for g in grams(key_text, self.ngram)])
             hits = self.lsh.query(mh)
             if hits:
@@ -124,8 +123,6 @@ def _stems(path: Path) -> list[str]:
 
 def key_text(row: dict[str, Any], on: str) -> str:
     """The text a row is deduplicated on: the first user turn (question) or everything (example)."""
-    from medtune.data.steps import texts
-
     if on == "question":
         user = texts(row, "user")
         return user[0] if user else " ".join(texts(row))
@@ -147,9 +144,9 @@ class GroupSplitter:
         self.splits: list[str] = []
         self.exact: dict[bytes, str] = {}
         try:
-            from datasketch import MinHashLSH
+            from datasketch import MinHash, MinHashLSH
 
-            self.lsh = MinHashLSH(threshold=self.threshold, num_perm=num_perm)
+            self.lsh, self.minhash = MinHashLSH(threshold=self.threshold, num_perm=num_perm), MinHash
         except ImportError:
             self.lsh = None
 
@@ -161,9 +158,7 @@ class GroupSplitter:
         u = int.from_bytes(digest, "big") / 2**64
         split = "dev" if u < self.dev else "test" if u < self.dev + self.test else "train"
         if self.lsh is not None:
-            from datasketch import MinHash
-
-            mh = MinHash(num_perm=self.num_perm)
+            mh = self.minhash(num_perm=self.num_perm)
             mh.update_batch([g.encode() for g in grams(question, self.ngram)])
             if hits := self.lsh.query(mh):
                 split = self.splits[min(int(h) for h in hits)]  # the earliest near-duplicate's split

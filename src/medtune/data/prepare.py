@@ -26,7 +26,7 @@ from medtune.data.card import licence_check, write_card
 from medtune.data.datasets import DatasetSpec, resolve
 from medtune.data.dedup import Decontaminator, Deduper, GroupSplitter, key_text
 from medtune.data.formats import FORMATS
-from medtune.data.steps import build
+from medtune.data.steps import build, texts
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,6 @@ def _ref(spec: DatasetSpec, where: str) -> str:
 
 
 def _user_texts(row: dict[str, Any]) -> list[str]:
-    from medtune.data.steps import texts
-
     return texts(row, "user") or texts(row)
 
 

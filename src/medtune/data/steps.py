@@ -70,6 +70,7 @@ _FULL_WIDTH = {c: c - 0xFEE0 for c in [*range(0xFF10, 0xFF1A), *range(0xFF21, 0x
 _FULL_WIDTH[0x3000] = 0x20  # ideographic space
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\ufeff]")
 _SPACES = re.compile(r"[ \t]{2,}")
+_LATIN1 = re.compile(r"[\u0080-\u00ff]")
 
 
 @STEPS.register("normalize", "repair mojibake, full-width letters/digits → half-width, control characters out, spaces collapsed")
@@ -83,7 +84,9 @@ def normalize(keep_punctuation: bool = True, fix_encoding: bool = True) -> Step:
         repair = None
 
     def fix(text: str) -> str:
-        if fix_encoding and repair is not None:
+        # Only text with Latin-1 range characters can be mojibake of UTF-8 (its lead bytes land there);
+        # checking first keeps ftfy's ~15 µs per text off clean rows.
+        if fix_encoding and repair is not None and _LATIN1.search(text):
             text = repair(text)
         text = unicodedata.normalize("NFC", text)
         text = text.translate(_FULL_WIDTH) if keep_punctuation else unicodedata.normalize("NFKC", text)

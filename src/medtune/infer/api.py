@@ -201,7 +201,7 @@ def red_flag_notice(messages: list[dict[str, str]], cfg: ServeConfig) -> str | N
 
 
 def _finish(reason: str | None) -> str:
-    return "stop" if reason in ("stop", "cancelled") else "length" if reason == "length" else "stop"
+    return "length" if reason == "length" else "stop"
 
 
 def run(cfg: Any) -> None:
