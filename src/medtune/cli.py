@@ -24,9 +24,11 @@ VERBS = {
     "webui": "Gradio chat page over the config's model",
     "export": "merge adapters into a standalone Hugging Face folder with template, generation config and card",
     "compare": "base-vs-tuned report: eval loss and side-by-side answers to held-out questions",
+    "eval": "benchmark tasks x models: accuracy (log-likelihood and strict generation), open-QA metrics, safety, "
+            "retention, paired bootstrap CIs; results.json + report.md/html",
     "validate": "check a config, its datasets, template, stage and method without running anything",
 }
-LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines")
+LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines", "tasks")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verbs() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "export": _export,
+    return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "eval": _eval, "export": _export,
             "serve": _serve, "webui": _webui, "validate": _validate}
 
 
@@ -120,6 +122,16 @@ def _compare(args: argparse.Namespace) -> int:
     _threads()
     report = run(cfg)
     print(f"report: {report}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from medtune.eval.run import run
+
+    cfg = _config(args)
+    _threads()
+    out = run(cfg)
+    print(f"results: {out / 'results.json'}; report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
 
 
@@ -194,6 +206,10 @@ def _ls(kind: str, registries: list[str]) -> int:
         from medtune.train import load_stages
 
         table = load_stages().describe()
+    elif kind == "tasks":
+        from medtune.eval.tasks import available
+
+        table = available()
     elif kind == "engines":
         from medtune.infer.engine import ENGINES
 

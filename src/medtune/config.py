@@ -132,6 +132,16 @@ class DataConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """Forgetting guard during sft/pt: accuracy on a small general set, warning when it drops."""
+
+    task: str | None = None  # an eval task (e.g. general_zh); null = off
+    every_steps: int = 50
+    max_drop: float = 0.05  # warn when accuracy falls this far below the pre-training value
+    limit: int = 40
+
+
+@dataclass
 class FinetuneConfig:
     """What to train: the stage and the method are config values, not verbs."""
 
@@ -148,6 +158,7 @@ class FinetuneConfig:
     loss_chunk_size: int | None = None
     # Stage grpo: the train.output_dir of an `rm` run, used as the reward function.
     reward_model: str | None = None
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 @dataclass
@@ -182,6 +193,43 @@ class CompareConfig:
     # Tuned adapter(s); default: [train.output_dir].
     adapters: list[str] = field(default_factory=list)
     report: str | None = None  # default: <train.output_dir>/report.md
+
+
+@dataclass
+class EvalModelConfig:
+    """One model of an eval run: a base, a tuned adapter, an exported folder, or saved outputs."""
+
+    name: str
+    # Model folder / hub id / gguf: / tiny:; default model.name_or_path. adapters as in model.adapters.
+    name_or_path: str | None = None
+    adapters: list[str] = field(default_factory=list)
+    template: str | None = None  # default model.template: base and tuned are prompted alike
+    # JSONL of {task, id, output} produced elsewhere (an API, another harness): scored like generations.
+    predictions: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    """`medtune eval`: benchmark tasks × models, with paired bootstrap CIs and a report."""
+
+    # Built-in task names (`medtune ls tasks`), task YAML files, or inline task mappings.
+    tasks: list[Any] = field(default_factory=list)
+    # Default: base (model.*) and, when train.output_dir holds one, the tuned model.
+    models: list[EvalModelConfig] = field(default_factory=list)
+    output_dir: str | None = None  # default <train.output_dir>/eval, else outputs/eval
+    # Multiple-choice scoring: loglik (option-letter likelihood) and/or generate (strict extraction).
+    modes: list[str] = field(default_factory=lambda: ["loglik", "generate"])
+    shots: int = 0  # k-shot examples (from a task's fewshot_data, else its first k items, then unscored)
+    permutations: int = 1  # option orders per question (cyclic shifts) to expose position bias
+    limit: int | None = None  # at most this many items per task (a seeded sample)
+    mc_max_new_tokens: int = 24
+    max_new_tokens: int = 128  # open QA and safety answers
+    repetition_penalty: float = 1.0  # greedy decoding throughout
+    batch_size: int = 8
+    bootstrap: int = 2000
+    seed: int = 0
+    samples: int = 5  # side-by-side answers per generation task in the report
+    refusal_rules: str | None = None  # YAML of refusal regexes; default medtune/eval/refusal.yaml
 
 
 @dataclass
@@ -235,6 +283,7 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     # Passed through to transformers.TrainingArguments (output_dir, learning_rate, ...).

@@ -184,6 +184,11 @@ def make_trainer(cfg: Config, model: Any, args: Any, tokenizer: Any, train_set: 
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                       data_collator=collator, processing_class=tokenizer, compute_loss_func=loss_func)
     trainer.restore_head = restore if loss_func else None  # put the real LM head back before saving
+    if cfg.finetune.retention.task:
+        from medtune.data.templates import load_template
+        from medtune.eval.retention import RetentionCallback
+
+        trainer.add_callback(RetentionCallback(cfg, tokenizer, load_template(cfg.model.template)))
     return trainer
 
 
@@ -206,6 +211,9 @@ def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, A
     if getattr(collator, "efficiency", None) is not None:  # a CountingCollator: real vs processed tokens
         metrics.update(padding_efficiency=collator.efficiency, train_tokens=collator.real,
                        processed_tokens=collator.processed)
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "RetentionCallback":
+            metrics["retention"] = callback.summary()
     if has_eval:
         metrics.update({f"{k}_after": v for k, v in trainer.evaluate().items() if _reported(k)})
     if getattr(trainer, "restore_head", None):

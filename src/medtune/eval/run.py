@@ -1,0 +1,243 @@
+"""`medtune eval CONFIG`: every task × every model, scored per item, summarised with CIs, reported.
+
+One flow: load the tasks' data once; for each model (loaded once, freed after), run each task and
+keep every per-item result; then summarise (`summary.py`: metrics, paired bootstrap against the
+first model, breakdowns) and write `results.json`, per-item predictions, dropped rows and the
+Markdown/HTML report (`report.py`). Decoding is greedy everywhere, so two runs give the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from medtune import __version__
+from medtune.config import Config, EvalConfig, EvalModelConfig, to_dict
+from medtune.data.io import atomic_write_text, read_json_records, write_jsonl
+from medtune.errors import ConfigError
+from medtune.eval import metrics
+from medtune.eval.extract import extract
+from medtune.eval.safety import RefusalRules
+from medtune.eval.tasks import Task, TaskData, load_data, load_task, render_prompt
+
+log = logging.getLogger(__name__)
+MODES = ("loglik", "generate")
+
+
+def run(cfg: Config) -> Path:
+    ev = cfg.eval
+    if not ev.tasks:
+        raise ConfigError("eval.tasks is empty: list built-in tasks (`medtune ls tasks`) or task YAML files.")
+    if bad := [m for m in ev.modes if m not in MODES]:
+        raise ConfigError(f"eval.modes: {bad[0]!r} is not one of {', '.join(MODES)}.")
+    config_dir = Path(cfg.source).parent if cfg.source else Path(".")
+    tasks = [load_task(t, config_dir) for t in ev.tasks]
+    if len({t.name for t in tasks}) < len(tasks):
+        raise ConfigError("eval.tasks: two tasks share a name; task names key the results.")
+    data = {t.name: load_data(t, ev) for t in tasks}
+    models = eval_models(cfg)
+    rules = RefusalRules.load(ev.refusal_rules)
+    out = output_dir(cfg)
+    results: dict[str, dict[str, Any]] = {t.name: {} for t in tasks}
+    for m in models:
+        subject = Subject.open(m, cfg)
+        for t in tasks:
+            start = time.perf_counter()
+            results[t.name][m.name] = RUNNERS[t.type](data[t.name], subject, ev, rules)
+            log.info("%s / %s: %.1f s", m.name, t.name, time.perf_counter() - start)
+        subject.close()
+    for t in tasks:
+        for m in models:
+            for mode, rows in results[t.name][m.name].items():
+                write_jsonl(out / "predictions" / m.name / f"{t.name}.{mode}.jsonl", rows)
+        if data[t.name].dropped:
+            write_jsonl(out / "dropped" / f"{t.name}.jsonl",
+                        [{"where": d.where, "reason": d.reason, "row": d.raw} for d in data[t.name].dropped])
+    from medtune.eval.report import write_report
+    from medtune.eval.summary import summarise
+
+    summary = summarise(tasks, data, results, [m.name for m in models], ev)
+    summary["card"] = run_card(cfg, models, data, rules)
+    atomic_write_text(out / "results.json", json.dumps(summary, ensure_ascii=False, indent=2))
+    write_report(out, summary, results)
+    return out
+
+
+def output_dir(cfg: Config) -> Path:
+    if cfg.eval.output_dir:
+        return Path(cfg.eval.output_dir)
+    return cfg.output_dir / "eval" if cfg.train.get("output_dir") else Path("outputs/eval")
+
+
+def eval_models(cfg: Config) -> list[EvalModelConfig]:
+    """eval.models, or base (+ tuned, when the run's output dir holds a trained model)."""
+    models = list(cfg.eval.models)
+    if not models:
+        models = [EvalModelConfig("base", cfg.model.name_or_path, list(cfg.model.adapters))]
+        if cfg.train.get("output_dir") and (cfg.output_dir / "adapter_config.json").exists():
+            models.append(EvalModelConfig("tuned", cfg.model.name_or_path, [*cfg.model.adapters, str(cfg.output_dir)]))
+        elif cfg.train.get("output_dir") and (cfg.output_dir / "config.json").exists():
+            models.append(EvalModelConfig("tuned", str(cfg.output_dir)))
+    names = [m.name for m in models]
+    if len(set(names)) < len(names) or any(not n.replace("-", "").replace("_", "").isalnum() for n in names):
+        raise ConfigError(f"eval.models: names must be unique and made of letters, digits, - and _; got {names}.")
+    return models
+
+
+class Subject:
+    """A model under test: generation through the ChatEngine (batched), log-likelihood through its
+    weights; or a predictions file, which can only be scored on generations."""
+
+    def __init__(self, name: str, engine: Any = None, replay: dict[tuple[str, str], str] | None = None) -> None:
+        self.name, self.engine, self.replay = name, engine, replay
+        self.scorer = None
+        if engine is not None:
+            from medtune.eval.scoring import LoglikScorer
+
+            self.scorer = LoglikScorer(engine.model, engine.tokenizer, engine.template, engine.batcher.max_batch_size)
+
+    @classmethod
+    def open(cls, m: EvalModelConfig, cfg: Config) -> Subject:
+        if m.predictions:
+            return cls(m.name, replay=_replay(Path(m.predictions)))
+        from medtune.infer.engine import ChatEngine
+
+        model_cfg = dataclasses.replace(cfg.model, name_or_path=m.name_or_path or cfg.model.name_or_path,
+                                        adapters=list(m.adapters), template=m.template or cfg.model.template)
+        ev = cfg.eval
+        gen = dataclasses.replace(cfg.generation, do_sample=False, num_beams=1, min_new_tokens=0,
+                                  repetition_penalty=ev.repetition_penalty)
+        log.info("eval model %s: %s %s", m.name, model_cfg.name_or_path, model_cfg.adapters or "")
+        # A long batching window: each chunk below is submitted at once, so batches (and greedy outputs) repeat.
+        return cls(m.name, ChatEngine(model_cfg, gen, ev.batch_size, max_wait_ms=200.0))
+
+    def generate(self, task: str, ids: list[str], conversations: list[list[dict[str, str]]],
+                 max_new_tokens: int, batch_size: int) -> list[str]:
+        if self.replay is not None:
+            missing = [i for i in ids if (task, i) not in self.replay]
+            if missing:
+                raise ConfigError(f"model {self.name!r}: the predictions file has no output for task {task!r}, "
+                                  f"id {missing[0]!r} ({len(missing)} missing). Every scored item needs one.")
+            return [self.replay[(task, i)] for i in ids]
+        out: list[str] = []
+        for start in range(0, len(conversations), batch_size):
+            out += self.engine.chat_many(conversations[start: start + batch_size], max_new_tokens=max_new_tokens)
+        return out
+
+    def close(self) -> None:
+        self.engine = self.scorer = None
+        gc.collect()
+
+
+def _replay(path: Path) -> dict[tuple[str, str], str]:
+    out = {}
+    for line, row in read_json_records(path):
+        if not {"task", "id", "output"} <= set(row):
+            raise ConfigError(f"{path}:{line}: a predictions row needs task, id and output fields.")
+        out[(row["task"], str(row["id"]))] = str(row["output"])
+    return out
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def run_mc(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
+    task, items = td.task, td.items
+    shots = [{"question": x.question, "options": x.options, "answer": x.answer} for x in td.shots]
+    prompts = [_user(render_prompt(task, question=x.question, options=x.options, multi=x.multi, shots=shots))
+               for x in items]
+    base = [{"id": x.id, "base_id": x.meta.get("_base_id", x.id), "shift": x.meta.get("_shift", 0),
+             "category": str(x.meta.get(task.category, "")) if task.category else "", "multi": x.multi,
+             "gold": x.answer} for x in items]
+    out: dict[str, list[dict[str, Any]]] = {}
+    if "loglik" in ev.modes and s.scorer is not None:
+        single = [i for i, x in enumerate(items) if not x.multi]  # one letter's likelihood cannot pick a set
+        scores = s.scorer.letters([prompts[i] for i in single], [list(items[i].options) for i in single])
+        out["loglik"] = []
+        for i, lp in zip(single, scores, strict=True):
+            pred = max(lp, key=lambda k: lp[k])
+            out["loglik"].append({**base[i], "pred": pred, "correct": int(pred == items[i].answer),
+                                  "logprobs": {k: round(v, 4) for k, v in lp.items()}})
+    if "generate" in ev.modes:
+        outputs = s.generate(task.name, [x.id for x in items], prompts, ev.mc_max_new_tokens, ev.batch_size)
+        out["generate"] = []
+        for b, x, o in zip(base, items, outputs, strict=True):
+            pred = extract(o, x.options)
+            out["generate"].append({**b, "output": o, "pred": pred, "correct": int(pred == x.answer),
+                                    "partial": _partial(pred, x.answer)})
+    return out
+
+
+def _partial(pred: str | None, gold: str) -> float:
+    """Partial credit for multi-answer questions: the share of correct letters chosen, 0 if any chosen
+    letter is wrong (choosing everything must not pay)."""
+    if not pred or not set(pred) <= set(gold):
+        return 0.0
+    return len(pred) / len(gold)
+
+
+def run_open_qa(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
+    rows = td.items
+    prompts = [_user(render_prompt(td.task, question=r["question"])) for r in rows]
+    outputs = s.generate(td.task.name, [r["id"] for r in rows], prompts, ev.max_new_tokens, ev.batch_size)
+    return {"generate": [{"id": r["id"], "question": r["question"], "reference": r["reference"], "output": o,
+                          "bleu1": metrics.bleu(o, r["reference"], 1), "bleu4": metrics.bleu(o, r["reference"], 4),
+                          "rouge_l": metrics.rouge_l(o, r["reference"]), "refused": int(rules.refused(o))}
+                         for r, o in zip(rows, outputs, strict=True)]}
+
+
+def run_refusal(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
+    rows = td.items
+    prompts = [_user(render_prompt(td.task, question=r["question"])) for r in rows]
+    outputs = s.generate(td.task.name, [r["id"] for r in rows], prompts, ev.max_new_tokens, ev.batch_size)
+    return {"generate": [{"id": r["id"], "question": r["question"], "output": o, "refused": int(rules.refused(o))}
+                         for r, o in zip(rows, outputs, strict=True)]}
+
+
+def run_ranking(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
+    if s.scorer is None:
+        return {}
+    rows = td.items
+    prompts = [_user(render_prompt(td.task, question=r["question"])) for r in rows for _ in r["candidates"]]
+    scores = iter(s.scorer.candidates(prompts, [c for r in rows for c in r["candidates"]]))
+    out = []
+    for r in rows:
+        sc = [next(scores) for _ in r["candidates"]]
+        out.append({"id": r["id"], "p_at_1": metrics.precision_at_1(sc, r["labels"]),
+                    "ap": metrics.average_precision(sc, r["labels"]), "scores": [round(x, 4) for x in sc]})
+    return {"loglik": out}
+
+
+RUNNERS = {"multiple_choice": run_mc, "open_qa": run_open_qa, "refusal": run_refusal, "ranking": run_ranking}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_card(cfg: Config, models: list[EvalModelConfig], data: dict[str, TaskData], rules: RefusalRules) -> dict:
+    """What a reader needs to reproduce or distrust the numbers: models, data hashes, settings."""
+    tasks: dict[str, Any] = {}
+    for name, td in data.items():
+        t: Task = td.task
+        tasks[name] = {"type": t.type, "group": t.group, "format": t.format, "license": t.license,
+                       "source": t.source, "description": t.description, "items": len(td.items),
+                       "shots": len(td.shots), "dropped": len(td.dropped),
+                       "files": {str(f): sha256(f)[:16] for f in td.files}}
+    return {"medtune": __version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "models": [dataclasses.asdict(m) for m in models],
+            "template": cfg.model.template, "eval": to_dict(cfg)["eval"],
+            "decoding": {"do_sample": False, "num_beams": 1, "repetition_penalty": cfg.eval.repetition_penalty,
+                         "mc_max_new_tokens": cfg.eval.mc_max_new_tokens, "max_new_tokens": cfg.eval.max_new_tokens},
+            "refusal_rules": {"file": rules.source, "sha256": sha256(Path(rules.source))[:16]}, "tasks": tasks}

@@ -1,0 +1,108 @@
+"""Per-item results → the numbers in results.json: metrics with bootstrap CIs, paired differences
+against the first model, and the breakdowns a reader needs to trust them (parse failures, letter
+histograms, single vs multi answer, categories, option-order consistency).
+
+A question asked in several option orders is one item: its score is the mean over orders, so
+permutations never inflate N and the bootstrap resamples questions, not copies of them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from medtune.config import EvalConfig
+from medtune.eval import metrics
+from medtune.eval.tasks import Task, TaskData
+
+# Per-item metrics that get a CI and a paired difference, by task type; the first is the headline.
+METRICS = {"multiple_choice": ["accuracy"], "open_qa": ["rouge_l", "bleu1", "bleu4", "refused"],
+           "refusal": ["refused"], "ranking": ["ap", "p_at_1"]}
+
+
+def item_scores(task: Task, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """base item id → metric → score (option orders of one question averaged)."""
+    if task.type != "multiple_choice":
+        return {r["id"]: {k: float(r[k]) for k in METRICS[task.type]} for r in rows}
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[r["base_id"]].append(r)
+    return {k: {"accuracy": sum(r["correct"] for r in g) / len(g)} for k, g in groups.items()}
+
+
+def _metric(values: list[float], ev: EvalConfig) -> dict[str, float]:
+    low, high = metrics.bootstrap_ci(values, ev.bootstrap, ev.seed)
+    return {"value": sum(values) / len(values) if values else float("nan"), "low": low, "high": high}
+
+
+def describe(task: TaskData, rows: list[dict[str, Any]], scores: dict[str, dict[str, float]],
+             ev: EvalConfig) -> dict[str, Any]:
+    t = task.task
+    out: dict[str, Any] = {"n": len(scores), "metrics": {k: _metric([s[k] for s in scores.values()], ev)
+                                                         for k in METRICS[t.type]}}
+    if t.type == "multiple_choice":
+        out.update(_mc_details(task, rows))
+    elif t.type == "open_qa":
+        outputs, refs = [r["output"] for r in rows], [r["reference"] for r in rows]
+        out.update(distinct1=metrics.distinct(outputs, 1), distinct2=metrics.distinct(outputs, 2),
+                   length_ratio=metrics.length_ratio(outputs, refs),
+                   mean_chars=sum(len(metrics.chars(o)) for o in outputs) / max(len(outputs), 1))
+    elif t.type == "refusal":
+        out["expect"] = t.expect
+    return out
+
+
+def _mc_details(task: TaskData, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    shown = [r for r in rows if r["shift"] == 0]
+    out: dict[str, Any] = {
+        "pred_hist": dict(sorted(Counter(r["pred"] or "unparseable" for r in rows).items())),
+        "gold_hist": dict(sorted(Counter(r["gold"] for r in rows).items())),
+        "skipped_multi": len({x.meta.get("_base_id", x.id) for x in task.items if x.multi}) - len(
+            {r["base_id"] for r in rows if r["multi"]}),
+    }
+    if rows and "output" in rows[0]:
+        out["parse_fail_rate"] = sum(r["pred"] is None for r in rows) / len(rows)
+    for kind, sel in (("single", [r for r in shown if not r["multi"]]), ("multi", [r for r in shown if r["multi"]])):
+        if sel:
+            out[kind] = {"n": len(sel), "accuracy": sum(r["correct"] for r in sel) / len(sel)}
+            if kind == "multi" and "partial" in sel[0]:
+                out[kind]["partial"] = sum(r["partial"] for r in sel) / len(sel)
+    cats: dict[str, list[int]] = defaultdict(list)
+    for r in shown:
+        if r["category"]:
+            cats[r["category"]].append(r["correct"])
+    out["categories"] = {c: {"n": len(v), "accuracy": sum(v) / len(v)} for c, v in sorted(cats.items())}
+    if any(r["shift"] for r in rows):
+        groups: dict[str, list[int]] = defaultdict(list)
+        for r in rows:
+            groups[r["base_id"]].append(r["correct"])
+        out["consistency"] = sum(all(g) for g in groups.values()) / len(groups)
+        out["first_order_accuracy"] = sum(r["correct"] for r in shown) / len(shown)
+    return out
+
+
+def summarise(tasks: list[Task], data: dict[str, TaskData], results: dict[str, dict[str, Any]],
+              models: list[str], ev: EvalConfig) -> dict[str, Any]:
+    ref = models[0]
+    out: dict[str, Any] = {"models": models, "reference": ref, "tasks": {}}
+    for t in tasks:
+        td = data[t.name]
+        items = {x.meta.get("_base_id", x.id) for x in td.items} if t.type == "multiple_choice" else td.items
+        entry: dict[str, Any] = {"type": t.type, "group": t.group, "expect": t.expect if t.type == "refusal" else None,
+                                 "description": t.description, "items": len(items),
+                                 "dropped": dict(Counter(d.reason for d in td.dropped)), "modes": {}}
+        modes = sorted({mode for m in models for mode in results[t.name][m]})
+        for mode in modes:
+            scores = {m: item_scores(t, results[t.name][m][mode]) for m in models if mode in results[t.name][m]}
+            block: dict[str, Any] = {"models": {m: describe(td, results[t.name][m][mode], scores[m], ev)
+                                                for m in scores}, "vs_reference": {}}
+            for m in scores:
+                if m == ref or ref not in scores:
+                    continue
+                common = sorted(set(scores[ref]) & set(scores[m]))
+                block["vs_reference"][m] = {
+                    k: metrics.paired_bootstrap([scores[ref][i][k] for i in common], [scores[m][i][k] for i in common],
+                                                ev.bootstrap, ev.seed) for k in METRICS[t.type]}
+            entry["modes"][mode] = block
+        out["tasks"][t.name] = entry
+    return out
