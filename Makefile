@@ -36,11 +36,11 @@ $(VENV)/.browser: $(BIN)/python
 test: $(VENV)/.dev $(VENV)/.browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
-# Gemma-3-270M LoRA on the shipped Toyhom sample, then the base-vs-tuned report (~15 min on 2 cores).
+# Gemma-3-270M LoRA on the shipped Toyhom sample, then the base-vs-tuned evaluation report.
 demo: $(VENV)/.demo
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/medtune train configs/quickstart.yaml
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/medtune compare configs/quickstart.yaml
-	@echo "Report: outputs/quickstart/report.md"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/medtune eval configs/quickstart.yaml
+	@echo "Report: outputs/quickstart/eval/report.md (and report.html)"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests

@@ -163,6 +163,13 @@ def _card(card: dict[str, Any]) -> list[Block]:
     files = [[name, t["type"], t["group"], str(t["items"]), str(t["shots"]), str(t["dropped"]), t["license"] or "—",
               "<br>".join(f"{f} `{h}`" for f, h in t["files"].items())] for name, t in card["tasks"].items()]
     d = card["decoding"]
+    training = [[m, f"{t['eval_loss_before']:.4f}" if "eval_loss_before" in t else "—",
+                 f"{t['eval_loss_after']:.4f}" if "eval_loss_after" in t else "—", str(t.get("train_examples", "—")),
+                 str(t.get("global_step", "—")),
+                 (f"{pct(t['retention']['before'])} → {pct(t['retention']['after'])}" if t.get("retention") else "—")]
+                for m, t in card.get("training", {}).items()]
+    extra: list[Block] = [("table", ["model", "eval loss before", "eval loss after", "training examples", "steps",
+                                     "retention during training"], training)] if training else []
     return [("h", 2, "Run card"),
             ("p", f"medtune {card['medtune']}, {card['date']}; chat template `{card['template']}`; decoding: greedy, "
                   f"repetition_penalty {d['repetition_penalty']}, max_new_tokens {d['mc_max_new_tokens']} "
@@ -170,7 +177,8 @@ def _card(card: dict[str, Any]) -> list[Block]:
                   f"{card['eval']['permutations']}, limit {card['eval']['limit']}, seed {card['eval']['seed']}; refusal "
                   f"rules `{card['refusal_rules']['file']}` ({card['refusal_rules']['sha256']})."),
             ("table", ["model", "weights", "adapters", "predictions file"], models),
-            ("table", ["task", "type", "group", "items", "shots", "dropped", "licence", "files (sha256/16)"], files)]
+            ("table", ["task", "type", "group", "items", "shots", "dropped", "licence", "files (sha256/16)"], files),
+            *extra]
 
 
 def to_markdown(blocks: list[Block]) -> str:

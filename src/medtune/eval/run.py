@@ -96,6 +96,7 @@ class Subject:
 
     def __init__(self, name: str, engine: Any = None, replay: dict[tuple[str, str], str] | None = None) -> None:
         self.name, self.engine, self.replay = name, engine, replay
+        self.cache: dict[tuple[str, int], str] = {}
         self.scorer = None
         if engine is not None:
             from medtune.eval.scoring import LoglikScorer
@@ -125,10 +126,15 @@ class Subject:
                 raise ConfigError(f"model {self.name!r}: the predictions file has no output for task {task!r}, "
                                   f"id {missing[0]!r} ({len(missing)} missing). Every scored item needs one.")
             return [self.replay[(task, i)] for i in ids]
-        out: list[str] = []
-        for start in range(0, len(conversations), batch_size):
-            out += self.engine.chat_many(conversations[start: start + batch_size], max_new_tokens=max_new_tokens)
-        return out
+        # Greedy decoding is deterministic: a prompt asked twice (the same questions in an open-QA and an
+        # over-refusal task) is generated once.
+        keys = [(json.dumps(c, ensure_ascii=False), max_new_tokens) for c in conversations]
+        todo = [k for k in dict.fromkeys(keys) if k not in self.cache]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start: start + batch_size]
+            answers = self.engine.chat_many([json.loads(k[0]) for k in chunk], max_new_tokens=max_new_tokens)
+            self.cache.update(zip(chunk, answers, strict=True))
+        return [self.cache[k] for k in keys]
 
     def close(self) -> None:
         self.engine = self.scorer = None
@@ -235,8 +241,15 @@ def run_card(cfg: Config, models: list[EvalModelConfig], data: dict[str, TaskDat
                        "source": t.source, "description": t.description, "items": len(td.items),
                        "shots": len(td.shots), "dropped": len(td.dropped),
                        "files": {str(f): sha256(f)[:16] for f in td.files}}
+    training = {}
+    for m in models:  # a tuned model's own training numbers (eval loss before/after), when its run wrote them
+        metrics_file = Path(m.adapters[-1] if m.adapters else m.name_or_path or "") / "metrics.json"
+        if metrics_file.is_file():
+            run_metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+            training[m.name] = {k: v for k, v in run_metrics.items() if k in (
+                "eval_loss_before", "eval_loss_after", "train_examples", "eval_examples", "global_step", "retention")}
     return {"medtune": __version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "models": [dataclasses.asdict(m) for m in models],
+            "models": [dataclasses.asdict(m) for m in models], "training": training,
             "template": cfg.model.template, "eval": to_dict(cfg)["eval"],
             "decoding": {"do_sample": False, "num_beams": 1, "repetition_penalty": cfg.eval.repetition_penalty,
                          "mc_max_new_tokens": cfg.eval.mc_max_new_tokens, "max_new_tokens": cfg.eval.max_new_tokens},
