@@ -23,12 +23,14 @@ VERBS = {
     "serve": "OpenAI-compatible HTTP API (/v1/chat/completions, streaming) over the config's model",
     "webui": "Gradio chat page over the config's model",
     "export": "merge adapters into a standalone Hugging Face folder with template, generation config and card",
+    "synth": "generate training data with any OpenAI-compatible endpoint (self_instruct, multi_turn, refusal, "
+             "kg_qa, report_structuring): resumable, gated, deduplicated",
     "compare": "base-vs-tuned report: eval loss and side-by-side answers to held-out questions",
     "eval": "benchmark tasks x models: accuracy (log-likelihood and strict generation), open-QA metrics, safety, "
             "retention, paired bootstrap CIs; results.json + report.md/html",
     "validate": "check a config, its datasets, template, stage and method without running anything",
 }
-LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines", "tasks")
+LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines", "tasks", "synth")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verbs() -> dict[str, Callable[[argparse.Namespace], int]]:
-    return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "eval": _eval, "export": _export,
+    return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "eval": _eval, "synth": _synth, "export": _export,
             "serve": _serve, "webui": _webui, "validate": _validate}
 
 
@@ -132,6 +134,17 @@ def _eval(args: argparse.Namespace) -> int:
     _threads()
     out = run(cfg)
     print(f"results: {out / 'results.json'}; report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from medtune.synth.run import run
+
+    cfg = _config(args)
+    out = run(cfg)
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    print(f"{report['done']}/{report['sources']} sources done: {report['accepted_rows']} rows accepted, rejected "
+          f"{report['rejected'] or 'none'}; data: {out / 'data.jsonl'} (registry: {out / 'datasets.yaml'})")
     return 0
 
 
@@ -210,6 +223,10 @@ def _ls(kind: str, registries: list[str]) -> int:
         from medtune.eval.tasks import available
 
         table = available()
+    elif kind == "synth":
+        from medtune.synth.tasks import SYNTH_TASKS
+
+        table = SYNTH_TASKS.describe()
     elif kind == "engines":
         from medtune.infer.engine import ENGINES
 

@@ -233,6 +233,43 @@ class EvalConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """An OpenAI-compatible chat-completions server (medtune serve, vLLM, a hosted API)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str | None = None  # default: the first id the server lists at /v1/models
+    # The key is read from this environment variable (never from the config, never logged).
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0  # seconds per request
+
+
+@dataclass
+class SynthConfig:
+    """`medtune synth`: generate training data with a model behind an OpenAI-compatible endpoint."""
+
+    task: str = "self_instruct"  # `medtune ls synth`
+    input: str | None = None  # source rows: .txt, .jsonl/.json or .csv/.tsv (see the task)
+    fields: dict[str, str] = field(default_factory=dict)  # task field -> column, e.g. {question: ask}
+    output_dir: str | None = None  # default outputs/synth/<task>
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    concurrency: int = 4
+    max_retries: int = 5  # on 429, 5xx, timeouts and refused connections; other errors stop the run
+    backoff: float = 1.0  # seconds before the first retry, doubled each time (Retry-After wins)
+    requests_per_minute: float | None = None
+    max_tokens: int = 512
+    temperature: float = 0.7
+    prompt: str | None = None  # a Jinja file replacing the task's built-in prompt
+    questions_per_passage: int = 3  # self_instruct, kg_qa
+    turns: int = 3  # multi_turn: doctor-patient rounds to ask for
+    min_grounding: float = 0.3  # self_instruct / report_structuring: share of answer bigrams found in the source
+    dedup_against: list[str] = field(default_factory=list)  # JSONL files whose questions must not be repeated
+    limit: int | None = None
+    # Cost counter: price per 1,000 prompt / completion tokens (your provider's, in any currency).
+    price_per_1k_prompt: float = 0.0
+    price_per_1k_completion: float = 0.0
+
+
+@dataclass
 class ExportConfig:
     """Merge the tuned model into a standalone Hugging Face folder."""
 
@@ -270,6 +307,8 @@ class ServeConfig:
     max_request_bytes: int = 1_000_000  # a larger body gets a 413
     max_batch_size: int = 8
     max_wait_ms: float = 10.0  # how long the batcher waits to fill a batch
+    # Backpressure: with this many requests queued or running, new ones get 429 + Retry-After (null: no limit).
+    max_queue: int | None = None
     disclaimer: DisclaimerConfig = field(default_factory=DisclaimerConfig)
 
 
@@ -284,6 +323,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     # Passed through to transformers.TrainingArguments (output_dir, learning_rate, ...).

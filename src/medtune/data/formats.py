@@ -140,7 +140,9 @@ def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
             if role not in _SHAREGPT_ROLES:
                 return Item(where, reason="unknown_role", raw=row)
             messages.append({"role": _SHAREGPT_ROLES[role], "content": _text(turn.get("content", turn.get("value")))})
-        return _check_turns(Item(where, {"messages": messages}, raw=row))
+        # A row's own `meta` (e.g. medtune synth's provenance) travels into the prepared data.
+        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        return _check_turns(Item(where, {"messages": messages}, raw=row, meta=meta))
 
     yield from _each_json(spec, convert)
 
@@ -200,7 +202,9 @@ def dialogue(spec: DatasetSpec) -> Iterator[Item]:
                 messages.append({"role": role, "content": content})
         if messages and messages[-1]["role"] == "user":  # a last question nobody answered
             messages.pop()
-        return _check_turns(Item(where, {"messages": messages}, raw=row))
+        # A row's own `meta` (e.g. medtune synth's provenance) travels into the prepared data.
+        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        return _check_turns(Item(where, {"messages": messages}, raw=row, meta=meta))
 
     yield from _each_json(spec, convert)
 

@@ -44,7 +44,7 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JSONResponse:
-        kind = "authentication_error" if self.status == 401 else "invalid_request_error"
+        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(self.status, "invalid_request_error")
         return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
                                        "code": self.code}}, status_code=self.status)
 
@@ -53,6 +53,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
     app = FastAPI(title="medtune", docs_url=None, redoc_url=None)
     model_id = cfg.model_name or Path(engine.name).name or "medtune"
     api_key = os.environ.get(cfg.api_key_env) or None
+    inflight = {"n": 0}  # chat requests accepted and not yet finished (serve.max_queue backpressure)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError) -> JSONResponse:
@@ -80,6 +81,12 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
         if len(body) > cfg.max_request_bytes:
             raise ApiError(413, f"Request body of {len(body)} bytes exceeds the limit of {cfg.max_request_bytes}.")
         req = parse_request(body, cfg, engine)
+        if cfg.max_queue is not None and inflight["n"] >= cfg.max_queue:
+            e = ApiError(429, f"Server busy: {cfg.max_queue} requests queued or running (serve.max_queue). "
+                              "Retry after a moment.", code="rate_limit_exceeded")
+            response = e.response()
+            response.headers["Retry-After"] = "1"
+            return response
         messages = req["messages"]
         notice = red_flag_notice(messages, cfg)
         gen = {k: req.get(k) for k in ("temperature", "top_p", "top_k", "repetition_penalty", "seed")}
@@ -92,6 +99,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         handle = engine.submit(messages, lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p), **gen)
+        inflight["n"] += 1
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -121,6 +129,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
                     yield "data: [DONE]\n\n"
                 finally:  # the client went away (or we are done): free the batch row
                     handle.cancel()
+                    inflight["n"] -= 1
 
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -131,6 +140,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
                 parts.append(piece)
         finally:
             handle.cancel()
+            inflight["n"] -= 1
         text = engine.clean("".join(parts))
         if notice:
             text = notice + "\n\n" + text
