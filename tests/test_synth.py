@@ -106,6 +106,11 @@ def test_each_task_end_to_end_with_gates_and_provenance(task, server, tmp_path):
     for reason, n in rejected.items():
         lines = (out / "rejected" / f"{reason}.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(lines) == n and json.loads(lines[0])["where"]
+    # The output is a dataset `medtune prepare` (and so `train`) reads as is.
+    assert main(["prepare", str(ROOT / "configs/tiny/sft_lora.yaml"), f"train.output_dir={tmp_path / 'run'}",
+                 f"data.registries=[{out / 'datasets.yaml'}]", f"data.datasets=[synth_{task}]", "data.test_size=0"]) == 0
+    prepared = json.loads((tmp_path / "run/data/report.json").read_text(encoding="utf-8"))
+    assert prepared["kept"] == accepted and not prepared["dropped"]
     if task == "self_instruct":
         assert rows[0]["messages"][0]["content"] == "高血压的诊断标准是什么？"
     if task == "multi_turn":
