@@ -156,7 +156,8 @@ def test_retries_when_the_server_is_busy(server, tmp_path):
 
 def test_a_killed_run_resumes_without_duplicates_or_losses(server, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(f"第{i}个问题：帮我写一段关于大海的文字。" for i in range(40)), encoding="utf-8")
+    total = 120  # enough that each signal lands mid-run even on a busy machine
+    prompts.write_text("\n".join(f"第{i}个问题：帮我写一段关于大海的文字。" for i in range(total)), encoding="utf-8")
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "medtune.cli", "synth", str(ROOT / "configs/synth/refusal.yaml"),
             f"synth.input={prompts}", f"synth.output_dir={out}", f"synth.endpoint.base_url={server}",
@@ -174,15 +175,15 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(server, tmp_path):
     code, _ = run_until(5, signal.SIGKILL)
     assert code == -signal.SIGKILL
     killed_at = len(ledger.read_bytes().splitlines())
-    assert 5 <= killed_at < 40
+    assert 5 <= killed_at < total - 10
     code, err = run_until(killed_at + 5, signal.SIGINT)  # Ctrl-C: the finished rows are kept and reported
     assert code == 130 and "interrupted" in err
     assert json.loads((out / "report.json").read_text(encoding="utf-8"))["done"] >= killed_at + 5
     assert subprocess.run(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True).returncode == 0
     ids = [json.loads(x)["id"] for x in ledger.read_text(encoding="utf-8").splitlines()]
-    assert len(ids) == len(set(ids)) == 40
+    assert len(ids) == len(set(ids)) == total
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["done"] == 40 and report["accepted_rows"] + sum(report["rejected"].values()) == 40
+    assert report["done"] == total and report["accepted_rows"] + sum(report["rejected"].values()) == total
 
 
 def test_unreachable_endpoint_and_missing_fields_are_clear_errors(tmp_path, capsys):

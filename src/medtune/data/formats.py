@@ -141,7 +141,7 @@ def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
                 return Item(where, reason="unknown_role", raw=row)
             messages.append({"role": _SHAREGPT_ROLES[role], "content": _text(turn.get("content", turn.get("value")))})
         # A row's own `meta` (e.g. medtune synth's provenance) travels into the prepared data.
-        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        meta = row["meta"] if isinstance(row, dict) and isinstance(row.get("meta"), dict) else {}
         return _check_turns(Item(where, {"messages": messages}, raw=row, meta=meta))
 
     yield from _each_json(spec, convert)
@@ -203,7 +203,7 @@ def dialogue(spec: DatasetSpec) -> Iterator[Item]:
         if messages and messages[-1]["role"] == "user":  # a last question nobody answered
             messages.pop()
         # A row's own `meta` (e.g. medtune synth's provenance) travels into the prepared data.
-        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        meta = row["meta"] if isinstance(row, dict) and isinstance(row.get("meta"), dict) else {}
         return _check_turns(Item(where, {"messages": messages}, raw=row, meta=meta))
 
     yield from _each_json(spec, convert)
