@@ -211,12 +211,10 @@ def _multi_turn() -> SynthTask:
 @SYNTH_TASKS.register("refusal", "request (.txt lines or JSONL `prompt`) → polite refusal")
 def _refusal() -> SynthTask:
     def parse(reply: str, s: Source, cfg: SynthConfig) -> list[list[dict[str, str]]]:
-        from medtune.eval.safety import RefusalRules
-
         text = reply.strip()
         if len(text) < 8:
             raise Reject("empty")
-        if not RefusalRules.load().refused(text):  # the same rules the eval's refusal rate uses
+        if not _refusal_rules().refused(text):  # the same rules the eval's refusal rate uses
             raise Reject("not_a_refusal", "the reply does not decline (eval refusal rules)")
         return [[{"role": "user", "content": s.fields["prompt"]}, {"role": "assistant", "content": text}]]
 
@@ -231,6 +229,13 @@ def _kg_qa() -> SynthTask:
 
     return SynthTask("kg_qa", "kg_qa.jinja", lambda p, c: _triples(p, c, "kg_qa"),
                      lambda reply, s, cfg: _qa_pairs(reply)[: cfg.questions_per_passage], check)
+
+
+@lru_cache(maxsize=1)
+def _refusal_rules():
+    from medtune.eval.safety import RefusalRules
+
+    return RefusalRules.load()
 
 
 REPORT_FIELDS = ("检查部位", "影像所见", "诊断意见")
