@@ -165,8 +165,11 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(server, tmp_path):
     ledger = out / "ledger.jsonl"
 
     def run_until(n_lines, sig):
+        # A shell starts background jobs with SIGINT ignored, and children inherit that: give the run a
+        # normal Ctrl-C whatever started pytest.
         proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while proc.poll() is None and (not ledger.exists() or len(ledger.read_bytes().splitlines()) < n_lines):
             time.sleep(0.05)
         proc.send_signal(sig)
