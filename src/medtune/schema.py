@@ -215,7 +215,7 @@ class SynthConfig:
     """`medtune synth`: generate training data with a model behind an OpenAI-compatible endpoint."""
 
     task: str = "self_instruct"  # `medtune ls synth`
-    input: str | None = None  # source rows: .txt, .jsonl/.json or .csv/.tsv (see the task)
+    input: str | None = None  # source rows: .txt, .jsonl/.json or .csv (see the task)
     fields: dict[str, str] = field(default_factory=dict)  # task field -> column, e.g. {question: ask}
     output_dir: str | None = None  # default outputs/synth/<task>
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)

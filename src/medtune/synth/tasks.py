@@ -91,16 +91,9 @@ def _compile(text: str):
 # ---- reading sources ----------------------------------------------------------------------------
 
 def _rows(path: Path, cfg: SynthConfig, wanted: tuple[str, ...], task: str) -> Iterator[Source]:
-    """JSONL/JSON or CSV/TSV rows with the task's fields (renamed through synth.fields)."""
+    """JSONL/JSON or CSV rows with the task's fields (renamed through synth.fields)."""
     cols = {k: cfg.fields.get(k, k) for k in wanted}
-    if path.suffix in (".csv", ".tsv"):
-        import csv
-
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-            rows = [(reader.line_num, r) for r in reader]
-    else:
-        rows = list(io.read_json_records(path))
+    rows = io.read_csv_records(path) if path.suffix == ".csv" else io.read_json_records(path)
     for line, row in rows:
         missing = [c for c in cols.values() if not isinstance(row, dict) or c not in row]
         if missing:
