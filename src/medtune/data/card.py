@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,7 @@ def write_card(cfg: Config, specs: list[DatasetSpec], report: dict[str, Any], ou
         p = Path(path)
         if p.is_dir():
             return "folder: " + ", ".join(f"{f.name} {sha(f)}" for f in sorted(p.iterdir()) if f.is_file())
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()[:16]
+        return io.file_sha256(p)[:16]
 
     lines = ["# Prepared dataset card", "", f"Intended use: **{cfg.data.intended_use}**.", "",
              "| dataset | source | licence | allowed use | read | kept | dropped | changed |",

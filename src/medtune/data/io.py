@@ -8,6 +8,7 @@ encoding to use, or the JSON problem), never a bare traceback.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -126,6 +127,15 @@ def read_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
     for lineno, line in enumerate(read_text(path, encoding).splitlines(), start=1):
         if line.strip():
             yield lineno, line.strip()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB blocks (data files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.data.io import atomic_write_text
+from medtune.eval.summary import METRICS
 
 Block = tuple[Any, ...]
 SECTIONS = (("medical", "Medical knowledge and QA"), ("safety", "Safety"),
@@ -57,8 +58,8 @@ def headline_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
 
 
 def _keys(task: dict[str, Any]) -> list[str]:
-    return {"multiple_choice": ["accuracy"], "open_qa": ["rouge_l", "bleu4", "refused"], "refusal": ["refused"],
-            "ranking": ["ap", "p_at_1"]}[task["type"]]
+    # BLEU-1 lives in the open-QA details table; the headline keeps the rest.
+    return [k for k in METRICS[task["type"]] if k != "bleu1"]
 
 
 def build(summary: dict[str, Any], results: dict[str, Any], charts: dict[str, str]) -> list[Block]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from medtune.config import Config
+from medtune.config import Config, EvalConfig
 from medtune.errors import ConfigError
 from medtune.eval.scoring import LoglikScorer
 from medtune.eval.tasks import load_data, load_task, render_prompt
@@ -30,7 +30,7 @@ class RetentionCallback(TrainerCallback):
         task = load_task(r.task, Path(cfg.source).parent if cfg.source else Path("."))
         if task.type != "multiple_choice":
             raise ConfigError(f"finetune.retention.task must be a multiple_choice task; {task.name} is {task.type}.")
-        ev = type(cfg.eval)(limit=r.limit, seed=cfg.eval.seed)
+        ev = EvalConfig(limit=r.limit, seed=cfg.eval.seed)
         items = [x for x in load_data(task, ev).items if not x.multi]
         self.prompts = [[{"role": "user", "content": render_prompt(task, question=x.question, options=x.options,
                                                                    multi=False, shots=[])}] for x in items]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 import logging
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 from medtune import __version__
 from medtune.config import Config, EvalConfig, EvalModelConfig, to_dict
-from medtune.data.io import atomic_write_text, read_json_records, write_jsonl
+from medtune.data.io import atomic_write_text, file_sha256, read_json_records, write_jsonl
 from medtune.errors import ConfigError
 from medtune.eval import metrics
 from medtune.eval.extract import extract
@@ -189,10 +188,14 @@ def _partial(pred: str | None, gold: str) -> float:
     return len(pred) / len(gold)
 
 
+def _answers(td: TaskData, s: Subject, ev: EvalConfig) -> list[str]:
+    """The model's answer to each question of an open-QA or safety task."""
+    prompts = [_user(render_prompt(td.task, question=r["question"])) for r in td.items]
+    return s.generate(td.task.name, [r["id"] for r in td.items], prompts, ev.max_new_tokens, ev.batch_size)
+
+
 def run_open_qa(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
-    rows = td.items
-    prompts = [_user(render_prompt(td.task, question=r["question"])) for r in rows]
-    outputs = s.generate(td.task.name, [r["id"] for r in rows], prompts, ev.max_new_tokens, ev.batch_size)
+    rows, outputs = td.items, _answers(td, s, ev)
     return {"generate": [{"id": r["id"], "question": r["question"], "reference": r["reference"], "output": o,
                           "bleu1": metrics.bleu(o, r["reference"], 1), "bleu4": metrics.bleu(o, r["reference"], 4),
                           "rouge_l": metrics.rouge_l(o, r["reference"]), "refused": int(rules.refused(o))}
@@ -200,9 +203,7 @@ def run_open_qa(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -
 
 
 def run_refusal(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
-    rows = td.items
-    prompts = [_user(render_prompt(td.task, question=r["question"])) for r in rows]
-    outputs = s.generate(td.task.name, [r["id"] for r in rows], prompts, ev.max_new_tokens, ev.batch_size)
+    rows, outputs = td.items, _answers(td, s, ev)
     return {"generate": [{"id": r["id"], "question": r["question"], "output": o, "refused": int(rules.refused(o))}
                          for r, o in zip(rows, outputs, strict=True)]}
 
@@ -224,14 +225,6 @@ def run_ranking(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -
 RUNNERS = {"multiple_choice": run_mc, "open_qa": run_open_qa, "refusal": run_refusal, "ranking": run_ranking}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_card(cfg: Config, models: list[EvalModelConfig], data: dict[str, TaskData], rules: RefusalRules) -> dict:
     """What a reader needs to reproduce or distrust the numbers: models, data hashes, settings."""
     tasks: dict[str, Any] = {}
@@ -240,7 +233,7 @@ def run_card(cfg: Config, models: list[EvalModelConfig], data: dict[str, TaskDat
         tasks[name] = {"type": t.type, "group": t.group, "format": t.format, "license": t.license,
                        "source": t.source, "description": t.description, "items": len(td.items),
                        "shots": len(td.shots), "dropped": len(td.dropped),
-                       "files": {str(f): sha256(f)[:16] for f in td.files}}
+                       "files": {str(f): file_sha256(f)[:16] for f in td.files}}
     training = {}
     for m in models:  # a tuned model's own training numbers (eval loss before/after), when its run wrote them
         metrics_file = Path(m.adapters[-1] if m.adapters else m.name_or_path or "") / "metrics.json"
@@ -253,4 +246,4 @@ def run_card(cfg: Config, models: list[EvalModelConfig], data: dict[str, TaskDat
             "template": cfg.model.template, "eval": to_dict(cfg)["eval"],
             "decoding": {"do_sample": False, "num_beams": 1, "repetition_penalty": cfg.eval.repetition_penalty,
                          "mc_max_new_tokens": cfg.eval.mc_max_new_tokens, "max_new_tokens": cfg.eval.max_new_tokens},
-            "refusal_rules": {"file": rules.source, "sha256": sha256(Path(rules.source))[:16]}, "tasks": tasks}
+            "refusal_rules": {"file": rules.source, "sha256": file_sha256(rules.source)[:16]}, "tasks": tasks}
