@@ -176,26 +176,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from medtune.data.datasets import resolve
-    from medtune.data.formats import FORMATS
-    from medtune.data.templates import load_template
-    from medtune.model.methods import METHODS
-    from medtune.train import load_stages
+    from medtune.train.checks import preflight
 
     cfg = _config(args)
-    load_template(cfg.model.template)
-    load_stages().get(cfg.finetune.stage)
-    METHODS.get(cfg.finetune.method)
-    for spec in resolve(cfg.data.datasets, cfg.data.registries):
-        FORMATS.get(spec.format)
-        if not Path(spec.path).exists():
-            raise MedtuneError(f"dataset {spec.name!r}: path {spec.path} does not exist.")
-    if cfg.train:
-        from medtune.train.common import training_arguments
-
-        training_arguments(cfg)
+    preflight(cfg)
     print(f"{args.config}: OK ({cfg.finetune.stage}/{cfg.finetune.method}, template {cfg.model.template}, "
           f"{len(cfg.data.datasets)} dataset(s))")
     return 0

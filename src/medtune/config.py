@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import re
 import types
 import typing
@@ -80,15 +81,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, data:, train:, ...).")
-    for item in overrides:
-        apply_override(raw, item)
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    raw = resolve_paths(raw, base)
+    for item in overrides:  # paths on the command line are relative to the working directory
+        apply_override(raw, item, Path.cwd())
     cfg = parse_dataclass(Config, raw, "")
     cfg.source = str(path) if path is not None else None
     return cfg
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`1e-4`, `[a, b]`, `null`)."""
+def apply_override(raw: dict[str, Any], item: str, base: Path | None = None) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`1e-4`, `[a, b]`, `null`).
+    With `base`, a relative path value is resolved against it (see `resolve_paths`)."""
     if "=" not in item:
         raise ConfigError(f"Override {item!r} must look like section.key=value, e.g. train.learning_rate=5e-5.")
     key, _, value = item.partition("=")
@@ -99,9 +103,70 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"Override {item!r}: {part!r} is not a section.")
     try:
-        node[parts[-1]] = load_yaml(value)
+        parsed = load_yaml(value)
     except yaml.YAMLError as e:
         raise ConfigError(f"Override {item!r}: value is not valid YAML: {e}") from None
+    if base is not None:  # resolve as if the override were the whole config: {a: {b: {c: value}}}
+        wrapped: Any = parsed
+        for part in reversed(parts):
+            wrapped = {part: wrapped}
+        wrapped = resolve_paths(wrapped, base)
+        for part in parts:
+            wrapped = wrapped[part]
+        parsed = wrapped
+    node[parts[-1]] = parsed
+
+
+# Config keys that name files or folders ("[]": each item of a list, "*": each model of eval.models).
+# One rule for every relative path: it is relative to the file that names it, the config file's
+# folder for config values (the working directory for command-line overrides); dataset paths are
+# relative to their registry file, a task's data to its task file.
+PATH_KEYS = {
+    "model.name_or_path", "model.adapters", "data.registries", "data.output_dir", "data.decontaminate.benchmarks",
+    "finetune.reward_model", "finetune.retention.task", "compare.questions", "compare.adapters", "compare.report",
+    "eval.tasks", "eval.models.name_or_path", "eval.models.adapters", "eval.models.predictions", "eval.output_dir",
+    "eval.refusal_rules", "synth.input", "synth.output_dir", "synth.prompt", "synth.dedup_against",
+    "export.output_dir", "export.adapters", "train.output_dir", "train.resume_from_checkpoint",
+    "train.logging_dir", "train.deepspeed",
+}
+# Values that may name a built-in thing instead of a file: kept unless they exist as a file or look like one.
+_NAMED = {"model.name_or_path", "eval.tasks", "finetune.retention.task", "train.deepspeed"}
+
+
+def resolve_paths(raw: Any, base: Path, prefix: str = "") -> Any:
+    """Make the relative paths of a raw config absolute against `base` (the config file's folder)."""
+    if isinstance(raw, dict):
+        out = {}
+        for key, value in raw.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if dotted == "eval.models" and isinstance(value, list):
+                out[key] = [resolve_paths(m, base, dotted) if isinstance(m, dict) else m for m in value]
+            elif dotted in PATH_KEYS:
+                out[key] = _resolve_one(value, base, dotted)
+            else:
+                out[key] = resolve_paths(value, base, dotted)
+        return out
+    return raw
+
+
+def _resolve_one(value: Any, base: Path, key: str) -> Any:
+    if isinstance(value, list):
+        return [_resolve_one(v, base, key) for v in value]
+    if not isinstance(value, str) or not value or value in ("latest", "true"):
+        return value
+    if value.startswith("gguf:") and value != "gguf:gemma3-270m":
+        return "gguf:" + _absolute(value.removeprefix("gguf:"), base)
+    if ":" in value.split("/")[0] or "://" in value:  # tiny:llama, gguf:gemma3-270m, hf://..., C: drives aside
+        return value
+    if key in _NAMED and not (base / value).exists() and not value.startswith(("./", "../", "/", "~")) \
+            and not value.endswith((".yaml", ".yml", ".json")):
+        return value  # a hub id (Qwen/Qwen2.5-0.5B), a built-in task name (general_zh)
+    return _absolute(value, base)
+
+
+def _absolute(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
 
 
 # Names users bring from LLaMA-Factory / peft that difflib cannot match to ours.
@@ -126,11 +191,11 @@ def parse_dataclass(cls: type, data: Any, where: str) -> Any:
             close = [_SYNONYMS[key]] if _SYNONYMS.get(key) in fields else difflib.get_close_matches(str(key), fields, n=1)
             hint = f" Did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
             raise ConfigError(f"Unknown config key {name!r}.{hint} Allowed here: {', '.join(fields)}.")
-        kwargs[key] = _coerce(hints[key], value, name)
+        kwargs[key] = check_value(hints[key], value, name)
     return cls(**kwargs)
 
 
-def _coerce(tp: Any, value: Any, name: str) -> Any:
+def check_value(tp: Any, value: Any, name: str) -> Any:
     """Check `value` against a type hint, converting the harmless cases (int → float)."""
     if dataclasses.is_dataclass(tp):
         return parse_dataclass(tp, value, name)
@@ -144,15 +209,24 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(option, value, name)
+                return check_value(option, value, name)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{name}: {value!r} is not a valid {_type_name(tp)}.")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}.")
+        return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        allowed = [e.value for e in tp]
+        if value not in allowed and value not in tp.__members__:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, allowed))}.")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{name} must be a list, e.g. [{value!r}]; got {value!r}.")
         (item_tp,) = typing.get_args(tp)
-        return [_coerce(item_tp, v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return [check_value(item_tp, v, f"{name}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping; got {value!r}.")

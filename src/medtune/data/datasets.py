@@ -6,7 +6,7 @@ An entry says where a dataset is, how to read it and under what terms:
       path: samples/toyhom_neike_sample.csv   # relative to this registry file
       format: toyhom                          # see `medtune ls formats`
       encoding: gb18030
-      columns: {answer: answer}               # canonical field → source column
+      columns: {answer: answer}               # canonical field → source column (or a list of spellings)
       options: {}                             # format-specific (cMedQA2: answers, instruction, ...)
       license: MIT
       allowed_use: [research, commercial]      # what the licence permits (intended_use checks it)
@@ -37,7 +37,7 @@ class DatasetSpec:
     path: str
     format: str
     encoding: str = "utf-8"
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)  # field → column, or [spellings, ...]
     options: dict[str, Any] = field(default_factory=dict)
     license: str = "unknown"
     source: str = "unknown"

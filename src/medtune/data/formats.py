@@ -28,58 +28,105 @@ if TYPE_CHECKING:
     from medtune.data.datasets import DatasetSpec
 
 FORMATS = Registry("format")
+# The shape each format produces (DESIGN.md's three), so a stage can refuse the wrong data before any work.
+SHAPES = {"alpaca": "messages", "sharegpt": "messages", "openai": "messages", "chatglm": "messages",
+          "toyhom": "messages", "dialogue": "messages", "cmedqa2": "messages", "turns": "messages",
+          "text": "text", "pairwise": "pairwise"}
 
 
 @dataclass
 class Item:
-    """One converted row, or one dropped row with its reason."""
+    """One converted row, or one dropped row with its reason (and `detail`, e.g. the field at fault)."""
 
     where: str  # "file:line", for the report and the dropped/ files
     example: dict[str, Any] | None = None
     reason: str | None = None
     raw: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 class MissingField(DataError):
     """A mapped column is absent from a row."""
 
+    def __init__(self, message: str, column: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+class WrongType(DataError):
+    """A text field holds a number, boolean, list or object: dropped as `wrong_type`, never stringified."""
+
+    def __init__(self, column: str, value: Any) -> None:
+        super().__init__(f"field {column!r} holds a {type(value).__name__}, not text")
+        self.column, self.value = column, value
+
+
+def _columns(spec: DatasetSpec, name: str, default: str | None) -> list[str]:
+    """The source columns for canonical field `name`: one, or several spellings tried in order
+    (`columns: {instruction: [instruction, instruct]}` for CMtMedQA, whose rows use both)."""
+    mapped = spec.columns.get(name, default or name)
+    return list(mapped) if isinstance(mapped, list) else [mapped]
+
 
 def _field(row: dict[str, Any], spec: DatasetSpec, name: str, where: str, required: bool = True,
            default: str | None = None) -> Any:
     """Read canonical field `name` through the dataset's column mapping (else column `default` or `name`)."""
-    column = spec.columns.get(name, default or name)
-    if not isinstance(row, dict) or column not in row:
-        if not required and isinstance(row, dict):
+    columns = _columns(spec, name, default)
+    if isinstance(row, dict):
+        for column in columns:
+            if column in row:
+                return row[column]
+        if not required:
             return None
-        have = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise MissingField(f"{where}: missing field {column!r} (for {name!r}); the row has {have}. "
-                           f"Map it in the registry entry, e.g. `columns: {{{name}: <your column>}}`.")
-    return row[column]
+    have = sorted(row) if isinstance(row, dict) else type(row).__name__
+    spelled = " or ".join(map(repr, columns))
+    raise MissingField(f"{where}: missing field {spelled} (for {name!r}); the row has {have}. Map it in the "
+                       f"registry entry, e.g. `columns: {{{name}: <your column>}}`, or list every spelling the "
+                       f"file uses: `columns: {{{name}: [{', '.join(columns)}, <other>]}}`.", columns[0])
 
 
-def _each_json(spec: DatasetSpec, convert_row: Callable[[Any, str], Item]) -> Iterator[Item]:
+def _each_json(spec: DatasetSpec, convert_row: Callable[[Any, str], Item | list[Item]]) -> Iterator[Item]:
     """Run `convert_row` over a JSON/JSONL file with one policy for rows that lack a field.
 
     If the very first rows lack a mapped field, the column mapping is wrong: fail with the file,
     line and field. Once rows have converted, a row without the field is a bad row (real data has
-    them, e.g. CMtMedQA line 1001 says `instruct`): drop it as `missing_field`, written out.
+    them, e.g. CMtMedQA line 1001 says `instruct`): drop it as `missing_field`, written out with
+    the field's name. A text field holding another JSON type is dropped as `wrong_type`.
     """
     converted = False
     for line, row in io.read_json_records(spec.path, spec.encoding):
         where = f"{spec.path}:{line}"
         try:
-            item = convert_row(row, where)
-        except MissingField:
+            items = convert_row(row, where)
+        except MissingField as e:
             if not converted:
                 raise
-            item = Item(where, reason="missing_field", raw=row)
-        converted = converted or item.example is not None
-        yield item
+            items = Item(where, reason="missing_field", raw=row, detail={"field": e.column})
+        except WrongType as e:
+            items = Item(where, reason="wrong_type", raw=row,
+                         detail={"field": e.column, "type": type(e.value).__name__})
+        for item in items if isinstance(items, list) else [items]:
+            converted = converted or item.example is not None
+            yield item
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+def _text(value: Any, column: str = "text") -> str:
+    """A text field's value: strings only. JSON numbers, booleans, lists and objects are refused
+    (they used to become "123", "True" or a Python repr and train as such)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise WrongType(column, value)
+    return value.strip()
+
+
+def _answers(value: Any, column: str) -> list[str]:
+    """An answer field: a string, or a list of strings = several answers to the question (Huatuo-26M's
+    raw test file), each becoming one example that `data.answers` (all/first/longest/merge) can group."""
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value]
+    return [_text(value, column)]
 
 
 def _qa(user: str, answer: str, where: str, raw: Any, system: str | None = None,
@@ -93,24 +140,35 @@ def _qa(user: str, answer: str, where: str, raw: Any, system: str | None = None,
     return Item(where, {"messages": messages}, raw=raw, meta=meta or {})
 
 
+def _one_per_answer(items: list[Item]) -> Item | list[Item]:
+    if len(items) > 1:
+        for k, item in enumerate(items):
+            item.meta["answer_index"] = k
+    return items[0] if len(items) == 1 else items
+
+
 @FORMATS.register("alpaca", "instruction/input/output JSON or JSONL, optional history [[q, a], ...] and system")
 def alpaca(spec: DatasetSpec) -> Iterator[Item]:
-    def convert(row: Any, where: str) -> Item:
-        instruction = _text(_field(row, spec, "instruction", where))
-        extra = _text(_field(row, spec, "input", where, required=False))
-        output = _text(_field(row, spec, "output", where))
+    def convert(row: Any, where: str) -> Item | list[Item]:
+        instruction = _text(_field(row, spec, "instruction", where), "instruction")
+        extra = _text(_field(row, spec, "input", where, required=False), "input")
+        outputs = _answers(_field(row, spec, "output", where), "output")
         history = _field(row, spec, "history", where, required=False) or []
-        system = _text(_field(row, spec, "system", where, required=False)) or None
+        system = _text(_field(row, spec, "system", where, required=False), "system") or None
         if not isinstance(history, list) or any(not isinstance(t, list) or len(t) != 2 for t in history):
-            return Item(where, reason="bad_history", raw=row)
+            return Item(where, reason="bad_history", raw=row, detail={"field": "history"})
         messages = [{"role": "system", "content": system}] if system else []
-        for q, a in history:
-            messages += [{"role": "user", "content": _text(q)}, {"role": "assistant", "content": _text(a)}]
-        item = _qa(f"{instruction}\n{extra}" if extra else instruction, output, where, row)
-        if item.example:
-            item.example["messages"] = messages + item.example["messages"]
-            item = _check_turns(item)
-        return item
+        for i, (q, a) in enumerate(history):
+            messages += [{"role": "user", "content": _text(q, f"history[{i}][0]")},
+                         {"role": "assistant", "content": _text(a, f"history[{i}][1]")}]
+        items = []
+        for output in outputs:
+            item = _qa(f"{instruction}\n{extra}" if extra else instruction, output, where, row)
+            if item.example:
+                item.example["messages"] = messages + item.example["messages"]
+                item = _check_turns(item)
+            items.append(item)
+        return _one_per_answer(items)
 
     yield from _each_json(spec, convert)
 
@@ -135,16 +193,26 @@ def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
         if not isinstance(turns, list):
             return Item(where, reason="bad_messages", raw=row)
         messages = []
-        for turn in turns:
+        for i, turn in enumerate(turns):
             role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
             if role not in _SHAREGPT_ROLES:
-                return Item(where, reason="unknown_role", raw=row)
-            messages.append({"role": _SHAREGPT_ROLES[role], "content": _text(turn.get("content", turn.get("value")))})
+                return Item(where, reason="unknown_role", raw=row, detail={"field": f"{default_key}[{i}].role"})
+            content = turn.get("content", turn.get("value"))
+            messages.append({"role": _SHAREGPT_ROLES[role], "content": _content(content, f"{default_key}[{i}].content")})
         # A row's own `meta` (e.g. medtune synth's provenance) travels into the prepared data.
         meta = row["meta"] if isinstance(row, dict) and isinstance(row.get("meta"), dict) else {}
         return _check_turns(Item(where, {"messages": messages}, raw=row, meta=meta))
 
     yield from _each_json(spec, convert)
+
+
+def _content(value: Any, column: str) -> str:
+    """A message's content: a string, or OpenAI content parts of type text (joined); images and other
+    parts are refused as `wrong_type` (a text model cannot learn from them)."""
+    if isinstance(value, list) and value and all(isinstance(p, dict) and p.get("type") == "text"
+                                                 and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value).strip()
+    return _text(value, column)
 
 
 def _check_turns(item: Item) -> Item:
@@ -163,17 +231,17 @@ def _check_turns(item: Item) -> Item:
 @FORMATS.register("chatglm", "Med-ChatGLM context/target JSONL ('问题：…\\n回答: ' → question)")
 def chatglm(spec: DatasetSpec) -> Iterator[Item]:
     def convert(row: Any, where: str) -> Item:
-        context = _text(_field(row, spec, "context", where))
+        context = _text(_field(row, spec, "context", where), "context")
         # The context wraps the question in a prompt of its own; strip it so our template adds one.
         question = re.sub(r"^问题[:：]\s*", "", re.sub(r"\s*回答[:：]\s*$", "", context))
-        return _qa(question, _text(_field(row, spec, "target", where)), where, row)
+        return _one_per_answer([_qa(question, a, where, row) for a in _answers(_field(row, spec, "target", where), "target")])
 
     yield from _each_json(spec, convert)
 
 
 @FORMATS.register("toyhom", "Toyhom department CSV: department,title,ask,answer (GB18030)")
 def toyhom(spec: DatasetSpec) -> Iterator[Item]:
-    cols = tuple(spec.columns.get(c, c) for c in ("title", "ask", "answer"))
+    cols = tuple(_columns(spec, c, None)[0] for c in ("title", "ask", "answer"))
     for line, row in io.read_csv_records(spec.path, spec.encoding, required=cols):
         where = f"{spec.path}:{line}"
         title, ask = _text(row[cols[0]]), _text(row[cols[1]])
@@ -191,11 +259,14 @@ def dialogue(spec: DatasetSpec) -> Iterator[Item]:
     def convert(row: Any, where: str) -> Item:
         utterances = row if isinstance(row, list) else _field(row, spec, "dialogue", where)
         messages: list[dict[str, str]] = []
-        for utt in utterances:
-            m = pattern.match(str(utt))
+        if not isinstance(utterances, list):
+            raise WrongType("dialogue", utterances)
+        for i, utt in enumerate(utterances):
+            utt = _text(utt, f"dialogue[{i}]")
+            m = pattern.match(utt)
             if not m:
                 return Item(where, reason="unknown_speaker", raw=row)
-            role, content = speakers[m.group(1)], str(utt)[m.end():].strip()
+            role, content = speakers[m.group(1)], utt[m.end():].strip()
             if messages and messages[-1]["role"] == role:  # the same speaker twice: one turn
                 messages[-1]["content"] += "\n" + content
             else:
@@ -217,7 +288,7 @@ def text(spec: DatasetSpec) -> Iterator[Item]:
         return
 
     def convert(row: Any, where: str) -> Item:
-        content = _text(_field(row, spec, "text", where))
+        content = _text(_field(row, spec, "text", where), "text")
         return Item(where, {"text": content}) if content else Item(where, reason="empty_text", raw=row)
 
     yield from _each_json(spec, convert)
@@ -231,10 +302,14 @@ def pairwise(spec: DatasetSpec) -> Iterator[Item]:
             prompt = _field(row, spec, "conversations", where)
         if isinstance(prompt, str):
             prompt_msgs = [{"role": "user", "content": prompt.strip()}]
-        else:
+        elif isinstance(prompt, list) and all(isinstance(t, dict) for t in prompt):
             prompt_msgs = [{"role": _SHAREGPT_ROLES.get(t.get("role", t.get("from")), "user"),
-                            "content": _text(t.get("content", t.get("value")))} for t in prompt]
-        chosen, rejected = _text(_field(row, spec, "chosen", where)), _text(_field(row, spec, "rejected", where))
+                            "content": _content(t.get("content", t.get("value")), f"prompt[{i}].content")}
+                           for i, t in enumerate(prompt)]
+        else:
+            raise WrongType("prompt", prompt)
+        chosen = _answer_turn(_field(row, spec, "chosen", where), "chosen")
+        rejected = _answer_turn(_field(row, spec, "rejected", where), "rejected")
         if not chosen or not rejected:
             return Item(where, reason="empty_answer", raw=row)
         if chosen == rejected:
@@ -243,6 +318,13 @@ def pairwise(spec: DatasetSpec) -> Iterator[Item]:
                             "rejected": [{"role": "assistant", "content": rejected}]})
 
     yield from _each_json(spec, convert)
+
+
+def _answer_turn(value: Any, column: str) -> str:
+    """A preference answer: a string, or TRL's conversational form (a list with one assistant message)."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and "content" in value[0]:
+        return _content(value[0]["content"], f"{column}[0].content")
+    return _text(value, column)
 
 
 # Formats with more than one file or row per example live in their own module; importing it registers them.

@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from medtune.data import io
-from medtune.data.formats import _SHAREGPT_ROLES, FORMATS, Item, _check_turns, _field, _qa, _text
+from medtune.data.formats import (
+    _SHAREGPT_ROLES,
+    FORMATS,
+    Item,
+    WrongType,
+    _check_turns,
+    _columns,
+    _field,
+    _qa,
+    _text,
+)
 from medtune.errors import DataError
 
 if TYPE_CHECKING:
@@ -132,18 +142,27 @@ def turns(spec: DatasetSpec) -> Iterator[Item]:
 
 
 def _dialogue(group: list[tuple[int, int, dict[str, Any]]], spec: DatasetSpec) -> Item:
+    try:
+        return _rebuild(group, spec)
+    except WrongType as e:
+        first = group[0][0]
+        return Item(f"{spec.path}:{first}", reason="wrong_type", raw=[g[2] for g in group],
+                    detail={"field": e.column, "type": type(e.value).__name__})
+
+
+def _rebuild(group: list[tuple[int, int, dict[str, Any]]], spec: DatasetSpec) -> Item:
     first = group[0][0]
     where = f"{spec.path}:{first}-{group[-1][0]}" if len(group) > 1 else f"{spec.path}:{first}"
     messages: list[dict[str, str]] = []
     for line, _, row in sorted(group, key=lambda g: g[1]):
         w = f"{spec.path}:{line}"
-        if spec.columns.get("question", "question") in row:
-            messages += [{"role": "user", "content": _text(_field(row, spec, "question", w))},
-                         {"role": "assistant", "content": _text(_field(row, spec, "answer", w))}]
+        if any(c in row for c in _columns(spec, "question", None)):
+            messages += [{"role": "user", "content": _text(_field(row, spec, "question", w), "question")},
+                         {"role": "assistant", "content": _text(_field(row, spec, "answer", w), "answer")}]
         else:
-            role = _SHAREGPT_ROLES.get(_text(_field(row, spec, "role", w)))
+            role = _SHAREGPT_ROLES.get(_text(_field(row, spec, "role", w), "role"))
             if role is None:
                 return Item(where, reason="unknown_role", raw=[g[2] for g in group])
-            messages.append({"role": role, "content": _text(_field(row, spec, "content", w))})
+            messages.append({"role": role, "content": _text(_field(row, spec, "content", w), "content")})
     return _check_turns(Item(where, {"messages": messages}, raw=[g[2] for g in group],
                              meta={"dialogue_id": str(_field(group[0][2], spec, "dialogue_id", where))}))

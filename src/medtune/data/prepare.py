@@ -128,7 +128,7 @@ def _row(item: Any, spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sin
     tally.read += 1
     if item.example is None:
         tally.dropped[item.reason] += 1
-        sinks.drop(item.reason, {"dataset": spec.name, "where": item.where, "row": item.raw})
+        sinks.drop(item.reason, {"dataset": spec.name, "where": item.where, **item.detail, "row": item.raw})
         return
     row, reason, extra = item.example, None, {}
     dedup, decontam = passes.dedup, passes.decontam

@@ -24,6 +24,7 @@ from medtune.eval import metrics
 from medtune.eval.extract import extract
 from medtune.eval.safety import RefusalRules
 from medtune.eval.tasks import Task, TaskData, load_data, load_task, render_prompt
+from medtune.model.load import tuned_model
 
 log = logging.getLogger(__name__)
 MODES = ("loglik", "generate")
@@ -80,7 +81,8 @@ def eval_models(cfg: Config) -> list[EvalModelConfig]:
     if not models:
         models = [EvalModelConfig("base", cfg.model.name_or_path, list(cfg.model.adapters))]
         if cfg.train.get("output_dir") and (cfg.output_dir / "adapter_config.json").exists():
-            models.append(EvalModelConfig("tuned", cfg.model.name_or_path, [*cfg.model.adapters, str(cfg.output_dir)]))
+            # The chain resolved once: a continue-finetuned run already contains the adapter it continued.
+            models.append(EvalModelConfig("tuned", cfg.model.name_or_path, tuned_model(cfg).adapters))
         elif cfg.train.get("output_dir") and (cfg.output_dir / "config.json").exists():
             models.append(EvalModelConfig("tuned", str(cfg.output_dir)))
     names = [m.name for m in models]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,25 @@ def resolve_model_path(name: str) -> str:
     if name.startswith("gguf:"):
         return str(gguf_to_folder(name.removeprefix("gguf:")))
     return name
+
+
+def check_model_source(name: str) -> None:
+    """Catch a misspelt model before any work: tiny:/gguf: names and local paths are checked here;
+    hub ids are left to `from_pretrained` (which explains a missing network)."""
+    from medtune.model.tiny import ARCHS
+
+    if name.startswith("tiny:"):
+        if name.removeprefix("tiny:") not in ARCHS:
+            raise ConfigError(f"model.name_or_path {name!r}: unknown tiny architecture; use one of "
+                              f"{', '.join('tiny:' + a for a in ARCHS)}.")
+    elif name.startswith("gguf:"):
+        spec = name.removeprefix("gguf:")
+        if spec != "gemma3-270m" and not Path(spec).is_file():
+            raise ConfigError(f"model.name_or_path {name!r}: GGUF file {spec!r} not found; use gguf:gemma3-270m "
+                              "or gguf:/path/to/model.gguf.")
+    elif name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
+        raise ConfigError(f"model.name_or_path {name!r} does not exist. Point it at a Hugging Face model folder, "
+                          "gguf:gemma3-270m, or tiny:llama for smoke runs.")
 
 
 def load_tokenizer(path: str, template: ChatTemplate, trust_remote_code: bool = False) -> Any:
@@ -63,8 +83,18 @@ def load_model(cfg: ModelConfig, merge_adapters: bool = True, quantization_bits:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from medtune.model.lineage import resolve_chain
+
     template = load_template(cfg.template)
+    chain = resolve_chain(cfg.name_or_path, cfg.adapters) if merge_adapters else []
+    for adapter in chain:  # missing, another template, a reward head: before minutes of loading
+        check_adapter(adapter, cfg.template, reward_head=reward_head)
     path = resolve_model_path(cfg.name_or_path)
+    if Path(path).is_dir() and (trained := trained_template(path)) and trained != cfg.template \
+            and not (Path(path) / "adapter_config.json").exists():
+        raise ConfigError(f"{path} was trained (or exported) with chat template {trained!r} but this config uses "
+                          f"{cfg.template!r}. Set model.template={trained}: serving with another template "
+                          "shows the model a prompt shape it never learned.")
     tokenizer = load_tokenizer(path, template, cfg.trust_remote_code)
     dtype = getattr(torch, cfg.dtype, None)
     if not isinstance(dtype, torch.dtype):
@@ -80,7 +110,7 @@ def load_model(cfg: ModelConfig, merge_adapters: bool = True, quantization_bits:
     except OSError as e:
         raise MedtuneError(_not_found(path, e)) from None
     if merge_adapters:
-        model = apply_adapters(model, cfg.adapters, cfg.template, merge=True)
+        model = apply_adapters(model, chain, cfg.template, reward_head)
     return model, tokenizer, template
 
 
@@ -98,53 +128,126 @@ def _bnb(bits: int, dtype: Any) -> dict[str, Any]:
 
 
 def tuned_model(cfg: Config, adapters: list[str] | None = None) -> ModelConfig:
-    """The model a run produced: explicit `adapters`, else its output dir (an adapter or full weights)."""
+    """The model a run produced: explicit `adapters`, else its output dir (an adapter or full weights).
+
+    The adapter list is resolved by `lineage.resolve_chain`, so a continue-finetuned run (whose
+    weights already contain the adapter it continued) is applied once, not on top of its parent."""
+    from medtune.model.lineage import resolve_chain
+
     if adapters:
-        return dataclasses.replace(cfg.model, adapters=cfg.model.adapters + list(adapters))
+        return dataclasses.replace(cfg.model, adapters=resolve_chain(cfg.model.name_or_path,
+                                                                     cfg.model.adapters + list(adapters)))
     out = cfg.output_dir
     if (out / "adapter_config.json").exists():
-        return dataclasses.replace(cfg.model, adapters=cfg.model.adapters + [str(out)])
+        return dataclasses.replace(cfg.model, adapters=resolve_chain(cfg.model.name_or_path,
+                                                                     cfg.model.adapters + [str(out)]))
     if (out / "config.json").exists():
         return dataclasses.replace(cfg.model, name_or_path=str(out), adapters=[])
     raise ConfigError(f"{out} holds no trained model yet: run `medtune train` with this config first.")
 
 
-def apply_adapters(model: Any, adapters: list[str], template: str, merge: bool) -> Any:
-    """Load earlier adapters in order; merge them all, or all but the last (kept trainable)."""
+PROMPT_METHODS = ("prefix", "ptuning")
+
+
+def training_plan(cfg: Config) -> tuple[list[str], str | None]:
+    """(adapters to merge into the base before training, the adapter that keeps training or None).
+
+    LoRA-family and prompt-learning methods continue the last adapter of the resolved chain unless
+    `finetune.new_adapter` asks for a fresh one on top; full and freeze merge everything."""
+    from medtune.model.lineage import resolve_chain
+
+    chain = resolve_chain(cfg.model.name_or_path, cfg.model.adapters)
+    m = cfg.finetune.method
+    if not chain or cfg.finetune.new_adapter or m in ("full", "freeze"):
+        return chain, None
+    last_is_prompt = adapter_config(chain[-1]).get("peft_type") in ("PREFIX_TUNING", "P_TUNING", "PROMPT_TUNING")
+    if m in PROMPT_METHODS and not last_is_prompt:
+        return chain, None  # earlier LoRAs merged into the base, a fresh prompt adapter on top
+    if last_is_prompt and m not in PROMPT_METHODS:
+        raise ConfigError(f"finetune.method={m} cannot continue {chain[-1]!r}, a prefix/ptuning adapter, and "
+                          "prompt adapters cannot be merged into weights. Continue it with finetune.method=prefix "
+                          "or ptuning (the method that trained it), or drop it from model.adapters.")
+    return chain[:-1], chain[-1]
+
+
+def apply_adapters(model: Any, chain: list[str], template: str, reward_head: bool = False,
+                   trainable: str | None = None) -> Any:
+    """Merge `chain` (already resolved) into the model, in order; then load `trainable` to keep training.
+
+    A prefix/P-tuning adapter has no weights to merge: it can only come last, and stays a PeftModel."""
     from peft import PeftModel
 
-    for i, adapter in enumerate(adapters):
-        check_adapter(adapter, template)
-        last = i == len(adapters) - 1
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=last and not merge)
+    for i, adapter in enumerate(chain):
+        check_adapter(adapter, template, model, reward_head)
+        model = _load_peft(PeftModel, model, adapter, is_trainable=False)
         if model.active_peft_config.is_prompt_learning:
-            # Prefix / P-tuning adapters add virtual tokens; there are no weights to merge them into.
-            if not last:
+            if i != len(chain) - 1 or trainable:
                 raise ConfigError(f"Adapter {adapter!r} is a prompt-learning adapter (prefix/ptuning); it can "
                                   "only be the last of model.adapters.")
             continue
-        if merge or not last:
-            model = model.merge_and_unload()
+        model = model.merge_and_unload()
+    if trainable:
+        check_adapter(trainable, template, model, reward_head)
+        model = _load_peft(PeftModel, model, trainable, is_trainable=True)
     return model
 
 
-def check_adapter(adapter: str, template: str) -> None:
-    """Refuse an adapter that is missing or was trained with another chat template.
+def _load_peft(peft_model: Any, model: Any, adapter: str, is_trainable: bool) -> Any:
+    try:
+        return peft_model.from_pretrained(model, adapter, is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError) as e:  # size mismatches: another base than the one it was trained on
+        raise ConfigError(f"Adapter {adapter!r} does not fit this model ({str(e).splitlines()[0][:300]}). "
+                          "Set model.name_or_path to the base model the adapter was trained on.") from None
+
+
+def adapter_config(adapter: str) -> dict[str, Any]:
+    try:
+        return json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def check_adapter(adapter: str, template: str, model: Any = None, reward_head: bool = False) -> None:
+    """Refuse an adapter that is missing, trained with another chat template, on another architecture,
+    or for another head (a reward model's adapter scores answers; it cannot chat or start DPO).
 
     Template mismatch between training and serving is a classic silent failure (the model sees a
-    prompt shape it never learned); the adapter's saved config.yaml tells us what it was trained on.
+    prompt shape it never learned); the adapter's lineage (or saved config.yaml) says what it was trained on.
     """
+    from medtune.model.lineage import check_arch
+
     d = Path(adapter)
     if not (d / "adapter_config.json").is_file():
         raise ConfigError(f"Adapter {adapter!r} has no adapter_config.json. Point model.adapters at the "
                           "train.output_dir of a LoRA run (or a checkpoint-N folder inside it).")
+    trained = trained_template(d)
+    if trained and trained != template:
+        raise ConfigError(f"Adapter {adapter!r} was trained with chat template {trained!r} but this "
+                          f"config uses {template!r}. Set model.template={trained} to serve it as trained.")
+    is_reward = adapter_config(adapter).get("task_type") == "SEQ_CLS"
+    if is_reward and not reward_head:
+        raise ConfigError(f"Adapter {adapter!r} is a reward model (stage rm, a scoring head): it cannot chat, be "
+                          "exported as a chat model or start a dpo/sft run. Use it as finetune.reward_model of a "
+                          "grpo run, or list the SFT adapter instead.")
+    if model is not None:
+        check_arch(adapter, model.config)
+
+
+def trained_template(folder: str | Path) -> str | None:
+    """The chat template a medtune run or export folder was trained with (None if it does not say)."""
+    from medtune.model.lineage import read
+
+    d = Path(folder)
+    if template := read(d).get("template"):
+        return template
     for cfg_file in (d / "config.yaml", d.parent / "config.yaml"):
         if cfg_file.is_file():
-            trained = (yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}).get("model", {}).get("template")
-            if trained and trained != template:
-                raise ConfigError(f"Adapter {adapter!r} was trained with chat template {trained!r} but this "
-                                  f"config uses {template!r}. Set model.template={trained} to serve it as trained.")
-            return
+            try:
+                saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                return None
+            return (saved.get("model") or {}).get("template") if isinstance(saved, dict) else None
+    return None
 
 
 def source_gguf(name: str) -> Path | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from medtune.config import Config
 from medtune.errors import ConfigError
-from medtune.model.load import apply_adapters
+from medtune.model.load import adapter_config, apply_adapters, training_plan
 from medtune.registry import Registry
 
 METHODS = Registry("method")
@@ -24,7 +24,7 @@ def quantization_for(cfg: Config) -> int | None:
     return bits
 
 
-@METHODS.register("lora", "LoRA adapters (peft); continues training the last of model.adapters if given")
+@METHODS.register("lora", "LoRA adapters (peft); continues training the last of model.adapters unless finetune.new_adapter")
 def lora(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
     return _lora(model, cfg, task_type)
 
@@ -45,13 +45,8 @@ def qlora(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
 def _lora(model: Any, cfg: Config, task_type: str, use_dora: bool = False) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    if cfg.model.adapters and not cfg.finetune.new_adapter:
-        # Continue-finetuning (the seeds' cMedQA2-on-top-of-a-chat-LoRA recipe): earlier adapters
-        # are merged, the last one keeps training with its own rank and targets.
-        model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=False)
-    else:
-        # A fresh adapter, on top of every earlier one merged into the base (stacking).
-        model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=True)
+    model, continued = _earlier(model, cfg, task_type)
+    if not continued:  # a fresh adapter on top of every earlier one merged (stacking, or the first run)
         c = cfg.finetune.lora
         model = get_peft_model(model, LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
                                                  target_modules=c.target_modules, use_dora=use_dora,
@@ -60,9 +55,21 @@ def _lora(model: Any, cfg: Config, task_type: str, use_dora: bool = False) -> An
     return model
 
 
+def _earlier(model: Any, cfg: Config, task_type: str) -> tuple[Any, str | None]:
+    """Apply model.adapters as `training_plan` decides: merge the resolved chain, and keep training its
+    last adapter (continue-finetuning, the seeds' cMedQA2-on-top-of-a-chat-LoRA recipe) unless
+    finetune.new_adapter asks for a fresh one. Returns the model and the continued adapter (or None)."""
+    merged, continued = training_plan(cfg)
+    if continued and task_type == "SEQ_CLS" and adapter_config(continued).get("task_type") != "SEQ_CLS":
+        raise ConfigError(f"Stage rm cannot continue {continued!r}, a chat (causal LM) adapter: set "
+                          "finetune.new_adapter=true to merge it and train a reward adapter on top.")
+    return apply_adapters(model, merged, cfg.model.template, reward_head=task_type == "SEQ_CLS",
+                          trainable=continued), continued
+
+
 @METHODS.register("full", "all parameters trainable (earlier adapters are merged first)")
 def full(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
-    model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=True)
+    model, _ = _earlier(model, cfg, task_type)
     for p in model.parameters():
         p.requires_grad_(True)
     _log_trainable(model)
@@ -71,7 +78,7 @@ def full(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
 
 @METHODS.register("freeze", "train only the last finetune.freeze.trainable_layers layers (+ named modules)")
 def freeze(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
-    model = apply_adapters(model, cfg.model.adapters, cfg.model.template, merge=True)
+    model, _ = _earlier(model, cfg, task_type)
     c = cfg.finetune.freeze
     layers = _decoder_layers(model)
     if not 0 <= c.trainable_layers <= len(layers):
@@ -94,8 +101,10 @@ def freeze(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
 def prefix(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
     from peft import PrefixTuningConfig, get_peft_model
 
-    model = get_peft_model(model, PrefixTuningConfig(task_type=task_type,
-                                                     num_virtual_tokens=cfg.finetune.prefix.num_virtual_tokens))
+    model, continued = _earlier(model, cfg, task_type)  # earlier LoRAs merged first (they used to be ignored)
+    if not continued:
+        model = get_peft_model(model, PrefixTuningConfig(task_type=task_type,
+                                                         num_virtual_tokens=cfg.finetune.prefix.num_virtual_tokens))
     _log_trainable(model)
     return model
 
@@ -105,8 +114,10 @@ def ptuning(model: Any, cfg: Config, task_type: str = "CAUSAL_LM") -> Any:
     from peft import PromptEncoderConfig, get_peft_model
 
     c = cfg.finetune.prefix
-    model = get_peft_model(model, PromptEncoderConfig(task_type=task_type, num_virtual_tokens=c.num_virtual_tokens,
-                                                      encoder_hidden_size=c.encoder_hidden_size))
+    model, continued = _earlier(model, cfg, task_type)
+    if not continued:
+        model = get_peft_model(model, PromptEncoderConfig(task_type=task_type, num_virtual_tokens=c.num_virtual_tokens,
+                                                          encoder_hidden_size=c.encoder_hidden_size))
     _log_trainable(model)
     return model
 

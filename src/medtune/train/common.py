@@ -60,7 +60,11 @@ def training_arguments(cfg: Config, config_class: Any = None, **stage_defaults: 
             hint = f" Did you mean 'train.{close[0]}'?" if close else ""
             raise ConfigError(f"Unknown config key 'train.{key}'.{hint} The train: block takes "
                               f"{config_class.__module__.split('.')[0]}.{config_class.__name__} fields.")
+    user = {k: _typed(config_class, k, v) for k, v in user.items()}
     args = {**DEFAULTS, **{k: v for k, v in stage_defaults.items() if k in known}, **user}
+    if "save_total_limit" not in user:
+        log.info("keeping the newest %s checkpoints (medtune's default; set train.save_total_limit to change, "
+                 "null keeps all)", DEFAULTS["save_total_limit"])
     if "gradient_checkpointing" in known and "gradient_checkpointing" not in user and config_class is not TrainingArguments:
         args["gradient_checkpointing"] = False  # TRL turns it on by default; at CPU sizes it only costs time
     if not torch.cuda.is_available():
@@ -72,6 +76,26 @@ def training_arguments(cfg: Config, config_class: Any = None, **stage_defaults: 
     except (ValueError, TypeError) as e:
         raise ConfigError(f"Invalid train: settings: {e}") from None
     return parsed, resolve_resume(resume, parsed.output_dir)
+
+
+def _typed(config_class: Any, key: str, value: Any) -> Any:
+    """Check one `train:` value against the field's declared type (the trainer checks few itself:
+    `learning_rate: abc` used to pass and fail as a traceback from the optimiser, mid-run)."""
+    import typing
+
+    from medtune.config import check_value
+
+    try:
+        tp = typing.get_type_hints(config_class)[key]
+    except Exception:
+        return value
+    if typing.get_origin(tp) is list and not isinstance(value, list):
+        tp = typing.get_args(tp)[0]  # TRL's list fields (loss_type) take one value too
+    try:
+        return check_value(tp, value, f"train.{key}")
+    except ConfigError as e:
+        raise ConfigError(f"{e} (train: takes {config_class.__module__.split('.')[0]}.{config_class.__name__} "
+                          "fields with their types.)") from None
 
 
 def encode_split(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTemplate,
@@ -143,10 +167,12 @@ def start(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> Run:
     work), data prepared once (main process) and split into train / eval rows."""
     from medtune.config import dump_config
     from medtune.data.prepare import load_prepared
+    from medtune.train.checks import preflight
 
+    preflight(cfg, train_args=False)  # template, stage, method, model, adapters, data shape: before any work
     out = cfg.output_dir
-    dump_config(cfg, out)
     args, resume = training_arguments(cfg, config_class, **stage_defaults)
+    dump_config(cfg, out)
     report = prepare_once(cfg, args)
     train_rows, eval_rows = split_eval(load_prepared(report), cfg.data)
     return Run(out, args, resume, report, train_rows, eval_rows)
@@ -192,12 +218,19 @@ def make_trainer(cfg: Config, model: Any, args: Any, tokenizer: Any, train_set: 
     return trainer
 
 
-def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, Any], resume: Any,
+def train_and_save(cfg: Config, trainer: Any, tokenizer: Any, r: Run, metrics: dict[str, Any],
                    has_eval: bool) -> dict[str, Any]:
-    """The tail every stage shares: eval → train → eval, then weights, tokenizer (with the chat
-    template), trainer state, loss plot and metrics.json into `out`."""
+    """The tail every stage shares: lineage → eval → train → eval, then weights, tokenizer (with the
+    chat template), trainer state, loss plot, metrics.json and the model card (README.md) into `r.out`."""
+    from medtune.model.card import model_card
     from medtune.train.checkpoints import CommitCheckpoints
 
+    out, resume = r.out, r.resume
+    lineage = run_lineage(cfg, trainer.model, r.report)
+    if trainer.is_world_process_zero():  # before training, so every checkpoint-N inherits it
+        from medtune.model.lineage import write as write_lineage
+
+        write_lineage(out, lineage)
     trainer.add_callback(CommitCheckpoints())
     if has_eval and not resume:  # after a resume, "before" would measure a fresh model, not the run
         metrics.update({f"{k}_before": v for k, v in trainer.evaluate().items() if _reported(k)})
@@ -224,8 +257,26 @@ def train_and_save(trainer: Any, tokenizer: Any, out: Path, metrics: dict[str, A
         tokenizer.save_pretrained(str(out))
         plot_loss(trainer.state.log_history, out / "loss.png", metrics.get("eval_loss_before"))
         write_json(out / "metrics.json", metrics)
+        # peft's save writes an empty model-card template; the run's card says what these weights are.
+        atomic_write_text(out / "README.md", model_card(lineage, metrics))
     log.info("saved to %s: %s", out, {k: v for k, v in metrics.items() if "loss" in k})
     return metrics
+
+
+def run_lineage(cfg: Config, model: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """What this run's weights will contain: which adapters were merged or continued, every dataset."""
+    from medtune.model.lineage import arch_of, for_run, norm
+    from medtune.model.load import training_plan
+
+    merged, continued = training_plan(cfg)
+    kind = "full" if cfg.finetune.method in ("full", "freeze") else "adapter"
+    chain = [*merged, *([continued] if continued else [])]
+    datasets = [{"name": name, "license": d.get("license"), "source": d.get("source"), "kept": d.get("kept")}
+                for name, d in report.get("datasets", {}).items()]
+    base = cfg.model.name_or_path
+    base = norm(base) if Path(base).is_dir() else base
+    return for_run(base, chain, continued, cfg.output_dir, kind, cfg.finetune.stage, cfg.finetune.method,
+                   cfg.model.template, arch_of(model.config), datasets)
 
 
 def _reported(key: str) -> bool:

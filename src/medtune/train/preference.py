@@ -56,8 +56,28 @@ def run(cfg: Config, stage: str) -> dict[str, Any]:
     trainer = trainer_cls(model=model, args=r.args, train_dataset=Dataset.from_list(train_rows),
                           eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                           processing_class=tokenizer)
-    metrics: dict[str, Any] = {"train_pairs": len(train_rows), "eval_pairs": len(eval_rows)}
-    return train_and_save(trainer, tokenizer, r.out, metrics, r.resume, bool(eval_rows))
+    metrics = _kept(trainer, train_rows, eval_rows, cfg, r.args)
+    return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(metrics.get("eval_pairs", eval_rows)))
+
+
+def _kept(trainer: Any, train_rows: list, eval_rows: list, cfg: Config, args: Any) -> dict[str, Any]:
+    """Count what the TRL trainer filtered out (RewardTrainer drops pairs longer than max_length) and
+    refuse to run when a split vanished: the counts go to metrics.json and the log, never silently."""
+    kept_train = len(trainer.train_dataset)
+    kept_eval = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
+    dropped = {"train": len(train_rows) - kept_train, "eval": len(eval_rows) - kept_eval}
+    hint = f"raise data.max_length (now {cfg.data.max_length}) or shorten the answers"
+    if any(dropped.values()):
+        log.warning("dropped %d train and %d eval pairs longer than data.max_length=%d tokens (%s)",
+                    dropped["train"], dropped["eval"], cfg.data.max_length, hint)
+    if not kept_train:
+        raise MedtuneError(f"All {len(train_rows)} training pairs are longer than data.max_length="
+                           f"{cfg.data.max_length} tokens: {hint}.")
+    if eval_rows and not kept_eval and args.eval_strategy != "no":
+        raise MedtuneError(f"All {len(eval_rows)} eval pairs are longer than data.max_length={cfg.data.max_length} "
+                           f"tokens, so there is nothing to evaluate: {hint}, or set train.eval_strategy=no.")
+    return {"train_pairs": kept_train, "eval_pairs": kept_eval, "dropped_too_long": dropped,
+            "prepared_pairs": {"train": len(train_rows), "eval": len(eval_rows)}}
 
 
 def _rows(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ def run(cfg: Config) -> dict[str, Any]:
     trainer = make_trainer(cfg, model, r.args, tokenizer, [{**b, COUNT: True} for b in train_set], eval_set, collator)
     metrics: dict[str, Any] = {"train_documents": len(train_docs), "train_blocks": len(train_set),
                                "eval_blocks": len(eval_set), "block_size": cfg.data.max_length}
-    return train_and_save(trainer, tokenizer, r.out, metrics, r.resume, bool(eval_set))
+    return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(eval_set))
 
 
 def blocks(tokenizer: Any, docs: list[dict[str, Any]], size: int) -> list[dict[str, list[int]]]:

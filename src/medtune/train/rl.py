@@ -22,6 +22,8 @@ from medtune.train import STAGES
 from medtune.train.common import require_eval_split, start, train_and_save
 
 log = logging.getLogger(__name__)
+# Small generation groups: CPU-sized GRPO (a group of 4 answers per prompt, one prompt group per batch).
+GRPO_DEFAULTS = {"max_completion_length": 64, "num_generations": 4, "per_device_train_batch_size": 4}
 
 
 @STAGES.register("grpo", "RL against the rm stage's reward model (TRL GRPOTrainer; no value model needed)")
@@ -32,7 +34,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
     if not cfg.finetune.reward_model:
         raise ConfigError("Stage grpo needs finetune.reward_model: the train.output_dir of an `rm` run.")
-    r = start(cfg, GRPOConfig, max_completion_length=64, num_generations=4, per_device_train_batch_size=4)
+    r = start(cfg, GRPOConfig, **GRPO_DEFAULTS)
     train_rows, eval_rows = _prompts(r.train_rows), _prompts(r.eval_rows)
     if not train_rows:
         raise MedtuneError("No prompts to train on.")
@@ -47,7 +49,7 @@ def run(cfg: Config) -> dict[str, Any]:
                           eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizer)
     metrics: dict[str, Any] = {"train_prompts": len(train_rows), "eval_prompts": len(eval_rows)}
-    return train_and_save(trainer, tokenizer, r.out, metrics, r.resume, bool(eval_rows))
+    return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(eval_rows))
 
 
 def _reward_model_config(cfg: Config):

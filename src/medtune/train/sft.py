@@ -53,4 +53,4 @@ def run(cfg: Config) -> dict[str, Any]:
     metrics: dict[str, Any] = {"train_examples": len(train_set), "eval_examples": eval_count,
                                "train_rows": len(train_rows_or_bins),
                                "dropped_too_long": {"train": train_too_long, "eval": eval_too_long}}
-    return train_and_save(trainer, tokenizer, r.out, metrics, r.resume, bool(eval_set))
+    return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(eval_set))
