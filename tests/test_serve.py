@@ -125,7 +125,18 @@ def _post(server, body, key="sekret", raw=None):
     ({"messages": ask("头痛" * 600), "max_tokens": 900}, None, "sekret", 400, "exceeds the model's context length"),
     ({"messages": ask("x" * 30000)}, None, "sekret", 413, "exceeds the limit of 20000"),
     ({"messages": ask("hi"), "temperature": "hot"}, None, "sekret", 422, "'temperature' must be of type"),
-    ({"messages": ask("hi"), "n": 2}, None, "sekret", 400, "Unsupported field 'n'"),
+    ({"messages": ask("hi"), "n": 2}, None, "sekret", 400, "n=2: this server returns one choice"),
+    ({"messages": ask("hi"), "tools": []}, None, "sekret", 400, "Unsupported field 'tools'"),
+    ({"messages": ask("hi"), "temperature": -1}, None, "sekret", 400, "temperature=-1 is outside 0..2"),
+    ({"messages": ask("hi"), "max_tokens": 0}, None, "sekret", 400, "max_tokens=0 is outside 1..1000"),
+    ({"messages": ask("hi"), "top_p": -1}, None, "sekret", 400, "top_p=-1 is outside (0, 1]"),
+    ({"messages": ask("hi"), "top_k": -3}, None, "sekret", 400, "top_k=-3 is outside"),
+    ({"messages": ask("hi"), "repetition_penalty": 0}, None, "sekret", 400, "repetition_penalty=0 is outside"),
+    ({"messages": ask("hi"), "seed": 2**64}, None, "sekret", 400, "is outside 0..2^63-1"),
+    ({"messages": ask("hi"), "stop": ["a", "b", "c", "d", "e"]}, None, "sekret", 400, "at most 4"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None, "sekret",
+     400, "parts of type ['image_url']"),
+    ({"messages": ask("hi")}, None, "wrong", 401, "API key"),
 ])
 def test_bad_requests_get_openai_style_errors_and_the_server_keeps_serving(server, body, raw, key, status, message):
     r = _post(server, body, key=key, raw=raw)
@@ -203,3 +214,37 @@ def test_vllm_engine_serves_the_training_template(trained):
                             "generation.repetition_penalty=1.0", "generation.max_new_tokens=16"])
     engine = make_engine(cfg)
     assert engine.chat(ask("头痛怎么办？")) == QA["头痛怎么办？"]
+
+
+def test_common_client_fields_are_accepted(server):
+    """n=1, stop and content given as text parts (what LangChain and newer openai clients send)."""
+    parts = [{"role": "user", "content": [{"type": "text", "text": "头痛"}, {"type": "text", "text": "怎么办？"}]}]
+    r = server.client.chat.completions.create(model="x", messages=parts, n=1, max_tokens=16)
+    assert r.choices[0].message.content == QA["头痛怎么办？"]
+    full = QA["头痛怎么办？"]  # 多休息，少熬夜。
+    r = server.client.chat.completions.create(model="x", messages=ask("头痛怎么办？"), stop=["，"], max_tokens=16)
+    assert r.choices[0].message.content == full.split("，")[0] and r.choices[0].finish_reason == "stop"
+    stream = server.client.chat.completions.create(model="x", messages=ask("头痛怎么办？"), stop="少熬", stream=True,
+                                                   max_tokens=16)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full.split("少熬")[0]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_unknown_routes_and_methods_answer_in_openai_shape(server):
+    r = httpx.get(server.url + "/v1/nothing", headers={"Authorization": "Bearer sekret"})
+    assert r.status_code == 404 and "Unknown route /v1/nothing" in r.json()["error"]["message"]
+    r = httpx.get(server.url + "/v1/chat/completions", headers={"Authorization": "Bearer sekret"})
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_busy_port_is_reported_before_the_model_loads(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for verb in ("serve", "webui"):
+            start = time.time()
+            assert main([verb, CFG, f"serve.port={port}"]) == 2
+            assert time.time() - start < 20
+            assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -54,3 +54,28 @@ def test_chat_page_streams_an_answer(trained):
     finally:
         demo.close()
     assert (ARTIFACTS / "webui.png").stat().st_size > 10_000
+
+
+def test_page_asks_for_the_api_key_when_one_is_set(trained, monkeypatch):
+    """With serve.api_key_env set, the page is behind the same key as the API (any user name, key as password)."""
+    import httpx
+
+    from medtune.infer.engine import ChatEngine
+    from medtune.infer.web import launch
+
+    monkeypatch.setenv("MEDTUNE_WEB_KEY", "sekret")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config(str(ROOT / "configs/tiny/chat.yaml"), [f"model.name_or_path={trained}", f"serve.port={port}",
+                                                           "serve.api_key_env=MEDTUNE_WEB_KEY"])
+    demo = launch(ChatEngine(cfg.model, cfg.generation), cfg, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/config").status_code in (401, 403)
+        assert httpx.post(url + "/login", data={"username": "u", "password": "wrong"}).status_code >= 400
+        with httpx.Client() as c:
+            assert c.post(url + "/login", data={"username": "anyone", "password": "sekret"}).status_code == 200
+            assert c.get(url + "/config").status_code == 200
+    finally:
+        demo.close()

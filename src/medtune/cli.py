@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # bitsandbytes (imported by peft) warns on every command that the optional `kernels` package (a hub
+    # download) is missing; it changes nothing for medtune's CPU paths, so keep it out of the output.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         if args.verb == "ls":
             return _ls(args.kind, args.registries)

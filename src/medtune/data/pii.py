@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -99,7 +100,9 @@ _BOUNDARY = set("，。、；：！？（）()【】[]《》“”\"',.;:!?/ \t\
 
 def _name(text: str, start: int) -> str | None:
     """A surname-first name of 3 or 2 characters that ends at a boundary: punctuation, space, the end,
-    or a particle (医生孙立说 → 孙立). The boundary is what separates 患者张伟， from 患者康复关键."""
+    or a particle (医生孙立说 → 孙立). The boundary is what separates 患者张伟， from 患者康复关键.
+    A candidate that the Chinese dictionary knows as an ordinary word (患者叶酸的…, 患者曾经是…,
+    病人常常会…) is not a name: redaction must not corrupt the training text."""
     if text[start] not in _SURNAMES:
         return None
     if any(text.startswith(word, start) for word in _NOT_NAMES):
@@ -109,8 +112,27 @@ def _name(text: str, start: int) -> str | None:
         after = text[start + length:start + length + 1]
         if len(name) == length and all("\u4e00" <= ch <= "\u9fa5" and ch not in _STOP_AFTER_NAME for ch in name[1:]) \
                 and (not after or after in _BOUNDARY or after in _STOP_AFTER_NAME):
-            return name
+            return None if _ordinary_word(name) else name
     return None
+
+
+def _ordinary_word(candidate: str) -> bool:
+    """True when jieba's dictionary lists the candidate (or its first two characters) with a part of
+    speech other than a person name (nr*): 叶酸 n, 曾经 d, 常常 d, 黄芪 n; 高明 is nr and stays a name."""
+    tags = _word_tags()
+    return any((tag := tags.get(w)) is not None and not tag.startswith("nr") for w in {candidate, candidate[:2]})
+
+
+@lru_cache(maxsize=1)
+def _word_tags() -> dict[str, str]:
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict" chatter on every prepare
+    import jieba.posseg
+
+    return jieba.posseg.dt.word_tag_tab
 
 
 def _id_checksum(value: str) -> bool:

@@ -13,6 +13,7 @@ one is configured. A client that disconnects mid-stream cancels its generation, 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import re
@@ -25,17 +26,27 @@ from typing import Any
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medtune.config import ServeConfig
 from medtune.infer.engine import EngineBase, make_engine
+from medtune.infer.stops import StopText
 
 ROLES = {"system", "user", "assistant"}
-# OpenAI request fields we honour (others, like `n` or `tools`, are refused rather than ignored).
+# OpenAI request fields we honour (others, like `tools`, are refused rather than ignored).
 FIELDS: dict[str, tuple[type, ...]] = {
     "model": (str,), "messages": (list,), "stream": (bool,), "max_tokens": (int,),
     "max_completion_tokens": (int,), "temperature": (int, float), "top_p": (int, float), "top_k": (int,),
     "repetition_penalty": (int, float), "seed": (int,), "user": (str,), "stream_options": (dict,),
+    "stop": (str, list), "n": (int,),
 }
+# Valid ranges of the sampling fields (OpenAI's where it has one): a bad value is the caller's 400,
+# never a generation error that would also fail the other requests of its batch.
+RANGES: dict[str, tuple[float, float, str]] = {
+    "temperature": (0.0, 2.0, "0..2"), "top_p": (1e-9, 1.0, "(0, 1]"), "top_k": (0, 10_000, "0..10000"),
+    "repetition_penalty": (1e-9, 10.0, "(0, 10]"), "seed": (0, 2**63 - 1, "0..2^63-1"),
+}
+MAX_STOP = 4
 
 
 class ApiError(Exception):
@@ -44,7 +55,8 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(self.status, "invalid_request_error")
+        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+            self.status, "invalid_request_error")
         return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
                                        "code": self.code}}, status_code=self.status)
 
@@ -59,10 +71,18 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
     async def _api_error(_: Request, e: ApiError) -> JSONResponse:
         return e.response()
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        # Unknown routes and methods answer in OpenAI's error shape too, so clients can show the message.
+        message = {404: f"Unknown route {request.url.path}. Routes: /v1/chat/completions, /v1/models, /health.",
+                   405: f"Method {request.method} is not allowed on {request.url.path}."}.get(e.status_code, str(e.detail))
+        return ApiError(e.status_code, message, code={404: "not_found", 405: "method_not_allowed"}.get(e.status_code)).response()
+
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Any:
         if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+            sent = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):  # constant time: no timing oracle
                 return ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
                                 code="invalid_api_key").response()
         return await call_next(request)
@@ -112,17 +132,33 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
             n = len(handle.tokens)
             return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
 
+        stopper = StopText(req["stop"])
+
+        async def answer_pieces():
+            """The model's deltas, cut at the first stop string (which cancels the generation)."""
+            while (piece := await pieces.get()) is not None:
+                if text := stopper.feed(piece):
+                    yield text
+                if stopper.hit:
+                    handle.cancel()
+                    return
+            if tail := stopper.flush():
+                yield tail
+
+        def finish() -> str:
+            return "stop" if stopper.hit else _finish(handle.finish_reason)
+
         if req.get("stream"):
             async def events():
                 try:
                     yield chunk({"role": "assistant", "content": ""})
                     if notice:
                         yield chunk({"content": notice + "\n\n"})
-                    while (piece := await pieces.get()) is not None:
+                    async for piece in answer_pieces():
                         yield chunk({"content": piece})
                     if cfg.disclaimer.enabled:
                         yield chunk({"content": "\n\n" + cfg.disclaimer.text})
-                    yield chunk({}, _finish(handle.finish_reason))
+                    yield chunk({}, finish())
                     if (req.get("stream_options") or {}).get("include_usage"):
                         yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
                                                      "model": model_id, "choices": [], "usage": usage()}) + "\n\n"
@@ -136,7 +172,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
 
         parts = []
         try:
-            while (piece := await pieces.get()) is not None:
+            async for piece in answer_pieces():
                 parts.append(piece)
         finally:
             handle.cancel()
@@ -148,7 +184,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
             text += "\n\n" + cfg.disclaimer.text
         return {"id": rid, "object": "chat.completion", "created": created, "model": model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": _finish(handle.finish_reason)}], "usage": usage()}
+                             "finish_reason": finish()}], "usage": usage()}
 
     return app
 
@@ -170,16 +206,32 @@ def parse_request(body: bytes, cfg: ServeConfig, engine: EngineBase) -> dict[str
     messages = req.get("messages")
     if not messages:
         raise ApiError(400, "'messages' must be a non-empty list.", param="messages")
+    contents = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-            raise ApiError(422, f"messages[{i}] must be an object with a string 'content'.", param=f"messages[{i}]")
+        if not isinstance(m, dict):
+            raise ApiError(422, f"messages[{i}] must be an object with 'role' and 'content'.", param=f"messages[{i}]")
         if m.get("role") not in ROLES:
             raise ApiError(400, f"messages[{i}].role {m.get('role')!r} is not one of {sorted(ROLES)}.",
                            param=f"messages[{i}].role")
-    req["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+        contents.append(_content(m.get("content"), i))
+    req["messages"] = [{"role": m["role"], "content": c} for m, c in zip(messages, contents, strict=True)]
     if req["messages"][-1]["role"] != "user":
         raise ApiError(400, "The last message must come from the user.", param="messages")
-    max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or engine.gen_cfg.max_new_tokens
+    for key, (low, high, shown) in RANGES.items():
+        value = req.get(key)
+        if value is not None and not low <= value <= high:
+            raise ApiError(400, f"{key}={value} is outside {shown}.", param=key)
+    if req.get("n") not in (None, 1):
+        raise ApiError(400, f"n={req['n']}: this server returns one choice per request; send n=1 (or omit it) and "
+                            "repeat the request for more samples.", param="n")
+    stop = req.get("stop")
+    stops = [stop] if isinstance(stop, str) else (stop or [])
+    if len(stops) > MAX_STOP or any(not isinstance(x, str) or not x for x in stops):
+        raise ApiError(400, f"'stop' must be a non-empty string or a list of at most {MAX_STOP} non-empty strings.",
+                       param="stop")
+    req["stop"] = stops
+    max_tokens = next((req[k] for k in ("max_completion_tokens", "max_tokens") if req.get(k) is not None),
+                      engine.gen_cfg.max_new_tokens)
     if not 1 <= max_tokens <= cfg.max_tokens_cap:
         raise ApiError(400, f"max_tokens={max_tokens} is outside 1..{cfg.max_tokens_cap} (serve.max_tokens_cap).",
                        param="max_tokens")
@@ -190,6 +242,20 @@ def parse_request(body: bytes, cfg: ServeConfig, engine: EngineBase) -> dict[str
                             f"context length of {engine.context_length}. Shorten the conversation.",
                        param="messages", code="context_length_exceeded")
     return req
+
+
+def _content(value: Any, i: int) -> str:
+    """A message's content: a string, or a list of text parts (what newer OpenAI clients send), joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(p, dict) for p in value):
+        if all(p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
+            return "".join(p["text"] for p in value)
+        kinds = sorted({str(p.get("type")) for p in value} - {"text"})
+        raise ApiError(400, f"messages[{i}].content has parts of type {kinds}; this model reads text parts only.",
+                       param=f"messages[{i}].content")
+    raise ApiError(422, f"messages[{i}].content must be a string or a list of text parts.",
+                   param=f"messages[{i}].content")
 
 
 @lru_cache(maxsize=1)
@@ -215,8 +281,23 @@ def _finish(reason: str | None) -> str:
 
 
 def run(cfg: Any) -> None:
-    """Load the model once and serve until interrupted."""
+    """Load the model once and serve until interrupted (the port is checked first: loading takes minutes)."""
     import uvicorn
 
     s = cfg.serve
+    check_port(s.host, s.port)
     uvicorn.run(create_app(make_engine(cfg), s), host=s.host, port=s.port, log_level="info")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before loading the model when the address is taken or cannot be bound."""
+    import socket
+
+    from medtune.errors import MedtuneError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, port))
+    except OSError as e:
+        raise MedtuneError(f"Cannot listen on {host}:{port} ({e.strerror or e}): another server (perhaps an earlier "
+                           "medtune serve/webui) is using it. Stop it, or pick another port with serve.port=N.") from None

@@ -60,6 +60,7 @@ class Batcher:
         self.active = 0  # requests inside a running batch (for /health and tests)
         self.largest_batch = 0
         self.finished: deque[tuple[str, int]] = deque(maxlen=64)  # (finish_reason, tokens) of recent requests
+        self.closing, self.running = False, []  # close(): cancel the running group, then stop
         self.worker = threading.Thread(target=self._loop, name="medtune-batcher", daemon=True)
         self.worker.start()
 
@@ -67,15 +68,34 @@ class Batcher:
         self.pending.put(request)
         return request
 
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel what is queued or running and stop the worker (its batch ends at the next step)."""
+        self.closing = True
+        for r in list(self.running):
+            r.cancel()
+        self.pending.put(None)
+        if self.worker.is_alive() and threading.current_thread() is not self.worker:
+            self.worker.join(timeout)
+
     def _loop(self) -> None:
         while True:
-            batch = [self.pending.get()]
+            first = self.pending.get()
+            if first is None:  # close()
+                while not self.pending.empty():
+                    if (r := self.pending.get_nowait()) is not None:
+                        self._finish(r, "cancelled")
+                return
+            batch = [first]
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
                 try:
-                    batch.append(self.pending.get(timeout=left))
+                    nxt = self.pending.get(timeout=left)
                 except queue.Empty:
                     break
+                if nxt is None:  # close() while gathering: finish this batch, then stop
+                    self.pending.put(None)
+                    break
+                batch.append(nxt)
             groups: dict[tuple, list[Request]] = {}
             for r in batch:
                 if r.cancelled.is_set():
@@ -84,6 +104,7 @@ class Batcher:
                 key = tuple(r.params.get(k) for k in SAMPLING_KEYS)
                 groups.setdefault(key if r.params.get("num_beams", 1) == 1 else (id(r),), []).append(r)
             for group in groups.values():
+                self.running = group
                 self.active += len(group)
                 self.largest_batch = max(self.largest_batch, len(group))
                 try:

@@ -72,6 +72,9 @@ class EngineBase:
             event.wait()
         return [self.clean("".join(p)) for p in parts]
 
+    def close(self) -> None:
+        """Stop background work before the process exits (engines with a worker override this)."""
+
     def clean(self, text: str) -> str:
         # A multi-token end-of-turn string (e.g. a template whose stop is plain text) is cut here.
         return text.split(self.stop)[0].strip() if self.stop else text.strip()
@@ -93,6 +96,9 @@ class ChatEngine(EngineBase):
 
     def stats(self) -> dict[str, int]:
         return {"queued": self.batcher.pending.qsize(), "active": self.batcher.active}
+
+    def close(self) -> None:
+        self.batcher.close()
 
     def submit(self, messages: list[dict[str, str]], emit: Callable[[str | None], None],
                **overrides: Any) -> Request:

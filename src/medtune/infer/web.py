@@ -51,6 +51,22 @@ def build(engine: EngineBase, cfg: Config) -> Any:
     )
 
 
+def launch(engine: EngineBase, cfg: Config, **kwargs: Any) -> Any:
+    """Build and start the page. With the API key set (serve.api_key_env), the page asks for it too:
+    any user name, the key as the password (compared in constant time), like the API's bearer key."""
+    import hmac
+
+    key = os.environ.get(cfg.serve.api_key_env) or None
+    auth = (lambda _user, password: hmac.compare_digest(password.encode(), key.encode())) if key else None
+    demo = build(engine, cfg).queue(default_concurrency_limit=cfg.serve.max_batch_size)
+    demo.launch(server_name=cfg.serve.host, server_port=cfg.serve.port, share=False, auth=auth,
+                auth_message="medtune：请输入 API key 作为密码（用户名任意） / enter the API key as the password"
+                if key else None, **kwargs)
+    return demo
+
+
 def run(cfg: Config) -> None:
-    build(make_engine(cfg), cfg).queue(default_concurrency_limit=cfg.serve.max_batch_size).launch(
-        server_name=cfg.serve.host, server_port=cfg.serve.port, share=False)
+    from medtune.infer.api import check_port
+
+    check_port(cfg.serve.host, cfg.serve.port)  # before the model loads, not as a traceback after
+    launch(make_engine(cfg), cfg)

@@ -49,17 +49,28 @@ def resolve_resume(resume: Any, output_dir: str) -> str | None:
         committed = sorted((int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
                            if (m := _CHECKPOINT.match(p.name)) and (p / MARKER).exists())
         if not committed:
-            raise ConfigError(f"train.resume_from_checkpoint=true but {output_dir} holds no complete checkpoint.")
+            raise ConfigError(f"train.resume_from_checkpoint=true but {output_dir} holds no complete checkpoint"
+                              f"{_listing(Path(output_dir))}.")
         log.info("resuming from %s", committed[-1][1])
         return str(committed[-1][1])
     path = Path(resume)
     if not path.is_dir():
-        raise ConfigError(f"train.resume_from_checkpoint: {resume} is not a checkpoint folder.")
+        raise ConfigError(f"train.resume_from_checkpoint: {resume} is not a checkpoint folder"
+                          f"{_listing(Path(output_dir))}.")
     if not (path / MARKER).exists():
         raise ConfigError(f"Checkpoint {resume} is incomplete (no {MARKER} marker): its save was interrupted. "
                           "Resume from an earlier checkpoint, or use train.resume_from_checkpoint=true to pick "
                           "the newest complete one.")
     return str(path)
+
+
+def _listing(output_dir: Path) -> str:
+    """What can be resumed from, for the error message (complete and interrupted checkpoints)."""
+    found = sorted((int(m.group(1)), p) for p in output_dir.glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name)))
+    if not found:
+        return f"; {output_dir} has no checkpoint-N folders (train.save_steps decides how often they are written)"
+    names = [f"{p.name}{'' if (p / MARKER).exists() else ' (incomplete)'}" for _, p in found]
+    return f"; {output_dir} has: {', '.join(names)} (keep more with train.save_total_limit)"
 
 
 def _set_aside_incomplete(output_dir: Path) -> None:
