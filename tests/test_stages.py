@@ -66,10 +66,11 @@ def test_pt_stage_trains(tmp_path):
 def test_stage_rejects_the_wrong_data_shape(tmp_path, capsys):
     assert main(["train", str(TINY / "dpo_lora.yaml"), f"train.output_dir={tmp_path}",
                  "data.datasets=[toyhom_neike_sample]"]) == 2
-    assert "Stage dpo trains on preference pairs" in capsys.readouterr().err
+    assert "Stage dpo trains on format `pairwise`" in capsys.readouterr().err
     assert main(["train", str(TINY / "pt_lora.yaml"), f"train.output_dir={tmp_path}",
                  "data.datasets=[toyhom_pairs]"]) == 2
-    assert "Stage pt trains on plain text" in capsys.readouterr().err
+    assert "Stage pt trains on format `text`" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # refused before any data was prepared
 
 
 def test_grpo_optimises_against_the_trained_reward_model(tmp_path, capsys):

@@ -102,7 +102,7 @@ def test_each_task_end_to_end_with_gates_and_provenance(task, server, tmp_path):
     rows = [json.loads(x) for x in (out / "data.jsonl").read_text(encoding="utf-8").splitlines()]
     prov = rows[0]["meta"]["synth"]
     assert prov["generator"] == "teacher" and prov["task"] == task and len(prov["prompt_sha256"]) == 16
-    assert prov["source"].startswith("src/medtune/") and prov["source_id"]
+    assert prov["source"].startswith(str(ROOT / "src/medtune") + "/") and prov["source_id"]  # the path as resolved
     for reason, n in rejected.items():
         lines = (out / "rejected" / f"{reason}.jsonl").read_text(encoding="utf-8").splitlines()
         assert len(lines) == n and json.loads(lines[0])["where"]
@@ -206,4 +206,5 @@ def test_grounding_and_yaml_examples():
     assert grounding("高血压诊断", "高血压的诊断标准") == pytest.approx(3 / 4)  # 高血 血压 诊断 of 4 bigrams
     for task in REPLIES:
         cfg = yaml.safe_load((ROOT / f"configs/synth/{task}.yaml").read_text(encoding="utf-8"))
-        assert cfg["synth"]["task"] == task and (ROOT / cfg["synth"]["input"]).is_file()
+        # Relative to the config file (the one path rule).
+        assert cfg["synth"]["task"] == task and (ROOT / "configs/synth" / cfg["synth"]["input"]).is_file()
