@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medtune.config import ServeConfig
 from medtune.infer.engine import EngineBase, make_engine
+from medtune.infer.sampling import out_of_range
 from medtune.infer.stops import StopText
 
 ROLES = {"system", "user", "assistant"}
@@ -40,12 +41,6 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "repetition_penalty": (int, float), "seed": (int,), "user": (str,), "stream_options": (dict,),
     "stop": (str, list), "n": (int,),
 }
-# Valid ranges of the sampling fields (OpenAI's where it has one): a bad value is the caller's 400,
-# never a generation error that would also fail the other requests of its batch.
-RANGES: dict[str, tuple[float, float, str]] = {
-    "temperature": (0.0, 2.0, "0..2"), "top_p": (1e-9, 1.0, "(0, 1]"), "top_k": (0, 10_000, "0..10000"),
-    "repetition_penalty": (1e-9, 10.0, "(0, 10]"), "seed": (0, 2**63 - 1, "0..2^63-1"),
-}
 MAX_STOP = 4
 
 
@@ -54,11 +49,31 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
+    def body_dict(self) -> dict[str, Any]:
+        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
+                500: "server_error"}.get(self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
-            self.status, "invalid_request_error")
-        return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+        return JSONResponse(self.body_dict(), status_code=self.status)
+
+
+PUBLIC = {"/health"}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit`: from Content-Length
+    before reading anything, else while streaming it (never a 100 MB body held in memory)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"Request body of {declared} bytes exceeds the limit of {limit}.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"Request body of more than {limit} bytes exceeds the limit of {limit}.")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
@@ -80,7 +95,9 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path.startswith("/v1/"):
+        # Every route needs the key when one is set, except /health (load balancers and probes call it;
+        # it shows only status and queue counts).
+        if api_key and request.url.path not in PUBLIC:
             sent = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):  # constant time: no timing oracle
                 return ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
@@ -97,10 +114,10 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        body = await request.body()
-        if len(body) > cfg.max_request_bytes:
-            raise ApiError(413, f"Request body of {len(body)} bytes exceeds the limit of {cfg.max_request_bytes}.")
-        req = parse_request(body, cfg, engine)
+        body = await read_body(request, cfg.max_request_bytes)
+        # Parsing tokenises the prompt (a near-1 MB prompt takes a while): off the event loop, so /health
+        # and the streams of other clients keep moving.
+        req = await asyncio.to_thread(parse_request, body, cfg, engine)
         if cfg.max_queue is not None and inflight["n"] >= cfg.max_queue:
             e = ApiError(429, f"Server busy: {cfg.max_queue} requests queued or running (serve.max_queue). "
                               "Retry after a moment.", code="rate_limit_exceeded")
@@ -115,10 +132,11 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
             if req["temperature"] == 0:
                 gen["temperature"] = None
         gen["max_new_tokens"] = req["max_tokens"]
-        prompt_tokens = len(engine.prompt_ids(messages))
+        prompt_tokens = req["prompt_tokens"]
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        handle = engine.submit(messages, lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p), **gen)
+        handle = await asyncio.to_thread(engine.submit, messages,
+                                         lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p), **gen)
         inflight["n"] += 1
         created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
@@ -148,6 +166,13 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
         def finish() -> str:
             return "stop" if stopper.hit else _finish(handle.finish_reason)
 
+        def failed() -> bool:
+            return (handle.finish_reason or "").startswith("error")
+
+        def failure() -> ApiError:
+            return ApiError(500, f"Generation failed: {handle.finish_reason.removeprefix('error: ')}",
+                            code="generation_error")
+
         if req.get("stream"):
             async def events():
                 try:
@@ -156,6 +181,10 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
                         yield chunk({"content": notice + "\n\n"})
                     async for piece in answer_pieces():
                         yield chunk({"content": piece})
+                    if failed():  # a generation error is an error event, never a normal stop
+                        yield "data: " + json.dumps(failure().body_dict(), ensure_ascii=False) + "\n\n"
+                        yield "data: [DONE]\n\n"
+                        return
                     if cfg.disclaimer.enabled:
                         yield chunk({"content": "\n\n" + cfg.disclaimer.text})
                     yield chunk({}, finish())
@@ -170,13 +199,25 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-        parts = []
-        try:
+        parts: list[str] = []
+
+        async def collect() -> None:
             async for piece in answer_pieces():
                 parts.append(piece)
+
+        task = asyncio.create_task(collect())
+        try:
+            while not task.done():  # a client that goes away cancels its generation, as a stream does
+                await asyncio.wait({task}, timeout=0.25)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()
+                    return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
+            task.result()
         finally:
             handle.cancel()
             inflight["n"] -= 1
+        if failed():
+            raise failure()
         text = engine.clean("".join(parts))
         if notice:
             text = notice + "\n\n" + text
@@ -195,6 +236,8 @@ def parse_request(body: bytes, cfg: ServeConfig, engine: EngineBase) -> dict[str
         req = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"Request body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise ApiError(400, "Request body is nested too deeply to be a chat request.") from None
     if not isinstance(req, dict):
         raise ApiError(400, "Request body must be a JSON object.")
     for key, value in req.items():
@@ -217,10 +260,8 @@ def parse_request(body: bytes, cfg: ServeConfig, engine: EngineBase) -> dict[str
     req["messages"] = [{"role": m["role"], "content": c} for m, c in zip(messages, contents, strict=True)]
     if req["messages"][-1]["role"] != "user":
         raise ApiError(400, "The last message must come from the user.", param="messages")
-    for key, (low, high, shown) in RANGES.items():
-        value = req.get(key)
-        if value is not None and not low <= value <= high:
-            raise ApiError(400, f"{key}={value} is outside {shown}.", param=key)
+    if bad := out_of_range(req):
+        raise ApiError(400, bad[1], param=bad[0])
     if req.get("n") not in (None, 1):
         raise ApiError(400, f"n={req['n']}: this server returns one choice per request; send n=1 (or omit it) and "
                             "repeat the request for more samples.", param="n")
@@ -236,7 +277,7 @@ def parse_request(body: bytes, cfg: ServeConfig, engine: EngineBase) -> dict[str
         raise ApiError(400, f"max_tokens={max_tokens} is outside 1..{cfg.max_tokens_cap} (serve.max_tokens_cap).",
                        param="max_tokens")
     req["max_tokens"] = max_tokens
-    prompt = len(engine.prompt_ids(req["messages"]))
+    prompt = req["prompt_tokens"] = len(engine.prompt_ids(req["messages"]))
     if engine.context_length and prompt + max_tokens > engine.context_length:
         raise ApiError(400, f"The prompt has {prompt} tokens; with max_tokens={max_tokens} it exceeds the model's "
                             f"context length of {engine.context_length}. Shorten the conversation.",

@@ -108,14 +108,33 @@ class Batcher:
                 self.active += len(group)
                 self.largest_batch = max(self.largest_batch, len(group))
                 try:
-                    self._run(group)
-                except Exception as e:  # a failing batch must not kill the server: fail its requests
-                    log.exception("generation failed")
-                    for r in group:
-                        if not r.done:
-                            self._finish(r, f"error: {e}")
+                    self._run_isolated(group)
                 finally:
                     self.active -= len(group)
+
+    def _run_isolated(self, group: list[Request]) -> None:
+        """Run a group; if it fails, rerun its rows one by one, so one bad row (a setting generate()
+        refuses, a prompt that breaks the model) fails only its own request, with an error, never
+        an empty success. Rows that already streamed text cannot be rerun: they get the error."""
+        try:
+            self._run(group)
+            return
+        except Exception as e:  # a failing batch must not kill the server
+            if len(group) == 1:
+                log.warning("generation failed: %s", e)
+                self._finish(group[0], f"error: {e}")
+                return
+            log.warning("a batch of %d failed (%s); rerunning its rows one by one", len(group), e)
+            retry = []
+            for r in group:
+                if r.done:
+                    continue
+                if r.tokens:
+                    self._finish(r, f"error: {e}")
+                else:
+                    retry.append(r)
+        for r in retry:
+            self._run_isolated([r])
 
     def _run(self, group: list[Request]) -> None:
         import torch

@@ -17,6 +17,7 @@ from typing import Any
 from medtune.config import Config, GenerationConfig, ModelConfig
 from medtune.data.encode import end_of_turn_ids, prompt_ids, special_tokens
 from medtune.infer.batching import Batcher, Request
+from medtune.infer.sampling import out_of_range
 from medtune.registry import Registry
 
 ENGINES = Registry("inference engine")
@@ -39,8 +40,15 @@ class EngineBase:
         return prompt_ids(self.tokenizer, self.template, messages)
 
     def sampling(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Generation settings of one request: the config's, overridden by the request's."""
-        return {**vars(self.gen_cfg), **{k: v for k, v in overrides.items() if v is not None}}
+        """Generation settings of one request: the config's, overridden by the request's (checked:
+        front-ends that do not validate, and the config itself, cannot put a bad value into a batch)."""
+        settings = {**vars(self.gen_cfg), **{k: v for k, v in overrides.items() if v is not None}}
+        if bad := out_of_range(settings):
+            from medtune.errors import ConfigError
+
+            where = "generation." if bad[0] not in overrides or overrides[bad[0]] is None else ""
+            raise ConfigError(where + bad[1])
+        return settings
 
     def submit(self, messages: list[dict[str, str]], emit: Callable[[str | None], None], **overrides: Any) -> Request:
         raise NotImplementedError
@@ -85,6 +93,10 @@ class ChatEngine(EngineBase):
                  max_wait_ms: float = 10.0) -> None:
         from medtune.model.load import load_model
 
+        if bad := out_of_range(vars(gen_cfg)):  # before minutes of loading
+            from medtune.errors import ConfigError
+
+            raise ConfigError(f"generation.{bad[1]}")
         self.model, self.tokenizer, self.template = load_model(model_cfg)
         self.model.eval()
         self.gen_cfg = gen_cfg
