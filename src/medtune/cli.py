@@ -7,6 +7,7 @@ a fraction of a second; torch and transformers load only inside the verbs that n
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -47,9 +48,38 @@ def main(argv: list[str] | None = None) -> int:
     except MedtuneError as e:
         print(f"medtune {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only or vanished folders: a message, not a traceback
+        print(f"medtune {args.verb}: error: {io_message(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - torch/safetensors report a full disk as their own errors
+        if not _disk_full(str(e)):
+            raise
+        print(f"medtune {args.verb}: error: {io_message(OSError(errno.ENOSPC, str(e)))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def io_message(e: OSError) -> str:
+    """One paragraph for an I/O fault: the path, the cause, the fix; outputs are committed only when whole."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    kept = ("Nothing half-written was left as a result: outputs are built aside and committed only when complete, "
+            "and checkpoints only count once marked COMPLETE.")
+    if e.errno == errno.ENOSPC:
+        return f"no space left on the device{where}. Free some space (or choose another output folder) and rerun. {kept}"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause = "the file system is read-only" if e.errno == errno.EROFS else "permission denied"
+        return f"cannot write{where}: {cause}. Choose a writable output folder or fix its permissions. {kept}"
+    if e.errno == errno.ENOENT:
+        return f"no such file or folder{where}. Check the path (relative paths are relative to the file that names them)."
+    return f"{e.strerror or e}{where}. {kept}"
+
+
+def _disk_full(message: str) -> bool:
+    # torch.save / safetensors report a full disk as RuntimeError / SafetensorError ("unexpected pos",
+    # "No space left on device (os error 28)")
+    return "No space left" in message or "unexpected pos" in message or "file write failed" in message
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,12 +119,10 @@ def _threads() -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from medtune.config import dump_config
     from medtune.data.prepare import prepare
 
     cfg = _config(args)
     report = prepare(cfg)
-    dump_config(cfg, report["output_dir"])
     print(f"kept {report['kept']} rows, dropped {sum(report['dropped'].values())} "
           f"{report['dropped'] or ''}; report: {report['output_dir']}/report.json")
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 from medtune.config import Config, dump_config
 from medtune.data.encode import end_of_turn_ids
 from medtune.errors import ConfigError
+from medtune.folders import check_room, staged
 from medtune.model.load import load_model, source_gguf, tuned_model
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def run(cfg: Config) -> Path:
     if not isinstance(dtype, torch.dtype):
         raise ConfigError(f"export.dtype {cfg.export.dtype!r} is not a torch dtype; use float32, bfloat16 or float16.")
     model_cfg = tuned_model(cfg, cfg.export.adapters)  # the chain resolved: every update exactly once
+    check_room(out, _weights_bytes(model_cfg.name_or_path, dtype) * (2 if cfg.export.gguf else 1))  # before loading
     model, tokenizer, template = load_model(model_cfg)  # adapters merged in full precision
     if hasattr(model, "peft_config"):
         raise ConfigError("Prefix / P-tuning adapters cannot be merged into standalone weights; serve them with "
@@ -46,17 +48,29 @@ def run(cfg: Config) -> Path:
     record = lineage.for_export(lineage.norm(base) if Path(base).is_dir() else base, model_cfg.adapters, out,
                                 template.name, lineage.arch_of(model.config))
     metrics = _read_json(Path(model_cfg.adapters[-1] if model_cfg.adapters else base) / "metrics.json")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    dump_config(cfg, out)
-    lineage.write(out, record)
-    if cfg.export.gguf:
-        from medtune.export_gguf import write_gguf
+    # Built in a hidden sibling and swapped in whole: a kill or a full disk leaves the previous export.
+    with staged(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        dump_config(cfg, tmp)
+        lineage.write(tmp, record)
+        if cfg.export.gguf:
+            from medtune.export_gguf import write_gguf
 
-        write_gguf(model, tokenizer, out / "model.gguf", cfg.export.gguf_dtype, source_gguf(cfg.model.name_or_path))
-    (out / "README.md").write_text(model_card(record, metrics, eos), encoding="utf-8")
+            write_gguf(model, tokenizer, tmp / "model.gguf", cfg.export.gguf_dtype, source_gguf(cfg.model.name_or_path))
+        (tmp / "README.md").write_text(model_card(record, metrics, eos), encoding="utf-8")
     log.info("exported %s + %s to %s", model_cfg.name_or_path, model_cfg.adapters, out)
     return out
+
+
+def _weights_bytes(name_or_path: str, dtype: Any) -> int:
+    """The size the exported weights will have: the base's weight files, rescaled to export.dtype."""
+    from medtune.model.load import resolve_model_path
+
+    folder = Path(resolve_model_path(name_or_path))
+    files = [*folder.glob("*.safetensors"), *folder.glob("*.bin")] if folder.is_dir() else []
+    size = sum(f.stat().st_size for f in files)
+    return size * dtype.itemsize // 4 if size else 0  # bases are stored in fp32 here (tiny, gguf conversions)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

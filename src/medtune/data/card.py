@@ -45,7 +45,9 @@ def write_card(cfg: Config, specs: list[DatasetSpec], report: dict[str, Any], ou
     lines += ["", f"PII replaced: {report['pii_replaced'] or 'none'}", "", "## Inputs (sha256, 16 hex)", ""]
     lines += [f"- `{s.path}`: {sha(s.path)}" for s in specs if Path(s.path).exists()]
     lines += ["", "## Outputs", ""]
-    lines += [f"- `{Path(p).name}`: {sha(p)}" for p in sorted(set(report["files"].values())) if Path(p).exists()]
+    # Hashed where they are being built (`out`, the folder's build copy), named as they will be.
+    names = sorted({Path(p).name for p in report["files"].values()})
+    lines += [f"- `{n}`: {sha(out / n)}" for n in names if (out / n).exists()]
     lines += ["", "## Config", "", "```yaml", yaml.safe_dump(to_dict(cfg)["data"], allow_unicode=True, sort_keys=False),
               "```", ""]
     return io.atomic_write_text(out / "README.md", "\n".join(lines))

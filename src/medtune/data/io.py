@@ -148,6 +148,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    except BaseException:  # a full disk or a kill: no temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return p

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from medtune.config import Config
+from medtune.config import Config, dump_config
 from medtune.data import io
 from medtune.data.answers import AnswerGroups
 from medtune.data.card import licence_check, write_card
@@ -27,6 +27,7 @@ from medtune.data.datasets import DatasetSpec, resolve
 from medtune.data.dedup import Decontaminator, Deduper, GroupSplitter, key_text
 from medtune.data.formats import FORMATS
 from medtune.data.steps import build, texts
+from medtune.folders import check_room, staged
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,25 @@ def prepare(cfg: Config) -> dict[str, Any]:
                      decontam=Decontaminator(**d.decontaminate) if d.decontaminate else None,
                      splitter=GroupSplitter(d.split) if d.split else None)
     report: dict[str, Any] = {"output_dir": str(out), "datasets": {}, "files": {}}
-    sinks = _Sinks(out)
-    try:
-        for spec in specs:
-            report["datasets"][spec.name] = _one(spec, cfg, passes, sinks, report["files"])
-    finally:
-        sinks.close()
-    if d.mix:
-        report["mixture"] = write_mixture(cfg, report, out)
-    report["kept"] = sum(x["kept"] for x in report["datasets"].values())
-    report["dropped"] = dict(sum((Counter(x["dropped"]) for x in report["datasets"].values()), Counter()))
-    report["changed"] = dict(sum((Counter(x["changed"]) for x in report["datasets"].values()), Counter()))
-    report["pii_replaced"] = dict(sum((Counter(x["pii_replaced"]) for x in report["datasets"].values()), Counter()))
-    io.atomic_write_text(out / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
-    write_card(cfg, specs, report, out)
+    # Written into a hidden sibling and swapped in on success: a failed or killed rerun leaves the
+    # previous complete folder, never a new half-written JSONL beside the old report.json.
+    check_room(out, 0)  # writable before any row is read
+    with staged(out) as tmp:
+        sinks = _Sinks(tmp, out)
+        try:
+            for spec in specs:
+                report["datasets"][spec.name] = _one(spec, cfg, passes, sinks, report["files"])
+        finally:
+            sinks.close()
+        if d.mix:
+            report["mixture"] = write_mixture(cfg, report, tmp, sinks)
+        report["kept"] = sum(x["kept"] for x in report["datasets"].values())
+        report["dropped"] = dict(sum((Counter(x["dropped"]) for x in report["datasets"].values()), Counter()))
+        report["changed"] = dict(sum((Counter(x["changed"]) for x in report["datasets"].values()), Counter()))
+        report["pii_replaced"] = dict(sum((Counter(x["pii_replaced"]) for x in report["datasets"].values()), Counter()))
+        io.atomic_write_text(tmp / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
+        write_card(cfg, specs, report, tmp)
+        dump_config(cfg, tmp)
     return report
 
 
@@ -181,15 +187,16 @@ def _user_texts(row: dict[str, Any]) -> list[str]:
 
 
 class _Sinks:
-    """Append-only JSONL files under the output folder, opened on first use and closed at the end."""
+    """Append-only JSONL files under the build folder, opened on first use and closed at the end;
+    `path` names where a file will be once the folder is committed."""
 
-    def __init__(self, out: Path) -> None:
-        self.out, self.handles = out, {}
-        out.mkdir(parents=True, exist_ok=True)
-        for old in [*out.glob("*.jsonl"), *out.glob("dropped/*.jsonl"), *out.glob("changed/*.jsonl")]:
-            old.unlink()  # a rerun replaces the previous outputs instead of appending to them
+    def __init__(self, build: Path, final: Path) -> None:
+        self.out, self.final, self.handles = build, final, {}
 
     def path(self, name: str) -> Path:
+        return self.final / name
+
+    def building(self, name: str) -> Path:
         return self.out / name
 
     def write(self, name: str, row: dict[str, Any]) -> None:
@@ -220,15 +227,15 @@ def _progress(name: str) -> Any:
         return _Null()
 
 
-def write_mixture(cfg: Config, report: dict[str, Any], out: Path) -> dict[str, Any]:
+def write_mixture(cfg: Config, report: dict[str, Any], out: Path, sinks: _Sinks) -> dict[str, Any]:
     """`mixture.jsonl`: the training rows of the datasets sampled to `data.mix` ratios (seeded), for
     tools outside medtune; `medtune train` draws the same mixture itself after holding out eval rows."""
     from medtune.data.mixing import mix
 
     rows = []
-    for name, path in report["files"].items():
+    for name in report["files"]:
         if "." not in name or name.endswith(".train"):
-            with open(path, encoding="utf-8") as f:
+            with open(sinks.building(f"{name}.jsonl"), encoding="utf-8") as f:
                 rows.extend(json.loads(line) for line in f)
     mixed, counts = mix(rows, cfg.data.mix, cfg.data.mix_size, cfg.data.seed)
     io.write_jsonl(out / "mixture.jsonl", mixed)

@@ -52,20 +52,22 @@ def run(cfg: Config) -> Path:
             results[t.name][m.name] = RUNNERS[t.type](data[t.name], subject, ev, rules)
             log.info("%s / %s: %.1f s", m.name, t.name, time.perf_counter() - start)
         subject.close()
-    for t in tasks:
-        for m in models:
-            for mode, rows in results[t.name][m.name].items():
-                write_jsonl(out / "predictions" / m.name / f"{t.name}.{mode}.jsonl", rows)
-        if data[t.name].dropped:
-            write_jsonl(out / "dropped" / f"{t.name}.jsonl",
-                        [{"where": d.where, "reason": d.reason, "row": d.raw} for d in data[t.name].dropped])
     from medtune.eval.report import write_report
     from medtune.eval.summary import summarise
+    from medtune.folders import staged
 
     summary = summarise(tasks, data, results, [m.name for m in models], ev)
     summary["card"] = run_card(cfg, models, data, rules)
-    atomic_write_text(out / "results.json", json.dumps(summary, ensure_ascii=False, indent=2))
-    write_report(out, summary, results)
+    with staged(out) as tmp:  # swapped in whole: never new predictions beside an old results.json
+        for t in tasks:
+            for m in models:
+                for mode, rows in results[t.name][m.name].items():
+                    write_jsonl(tmp / "predictions" / m.name / f"{t.name}.{mode}.jsonl", rows)
+            if data[t.name].dropped:
+                write_jsonl(tmp / "dropped" / f"{t.name}.jsonl",
+                            [{"where": d.where, "reason": d.reason, "row": d.raw} for d in data[t.name].dropped])
+        atomic_write_text(tmp / "results.json", json.dumps(summary, ensure_ascii=False, indent=2))
+        write_report(tmp, summary, results)
     return out
 
 

@@ -90,6 +90,10 @@ def load_model(cfg: ModelConfig, merge_adapters: bool = True, quantization_bits:
     for adapter in chain:  # missing, another template, a reward head: before minutes of loading
         check_adapter(adapter, cfg.template, reward_head=reward_head)
     path = resolve_model_path(cfg.name_or_path)
+    if Path(path).is_dir():
+        from medtune.folders import require_complete
+
+        require_complete(path, "Model folder")  # an interrupted export or full run: refused, not loaded
     if Path(path).is_dir() and (trained := trained_template(path)) and trained != cfg.template \
             and not (Path(path) / "adapter_config.json").exists():
         raise ConfigError(f"{path} was trained (or exported) with chat template {trained!r} but this config uses "
@@ -214,9 +218,11 @@ def check_adapter(adapter: str, template: str, model: Any = None, reward_head: b
     Template mismatch between training and serving is a classic silent failure (the model sees a
     prompt shape it never learned); the adapter's lineage (or saved config.yaml) says what it was trained on.
     """
+    from medtune.folders import require_complete
     from medtune.model.lineage import check_arch
 
     d = Path(adapter)
+    require_complete(d, "Adapter")
     if not (d / "adapter_config.json").is_file():
         raise ConfigError(f"Adapter {adapter!r} has no adapter_config.json. Point model.adapters at the "
                           "train.output_dir of a LoRA run (or a checkpoint-N folder inside it).")

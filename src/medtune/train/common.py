@@ -171,6 +171,9 @@ def start(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> Run:
 
     preflight(cfg, train_args=False)  # template, stage, method, model, adapters, data shape: before any work
     out = cfg.output_dir
+    from medtune.folders import check_room
+
+    check_room(out / "x", 0)  # the output folder is writable (a read-only disk fails here, not at the first save)
     args, resume = training_arguments(cfg, config_class, **stage_defaults)
     dump_config(cfg, out)
     report = prepare_once(cfg, args)
@@ -186,6 +189,9 @@ def prepare_once(cfg: Config, args: Any) -> dict[str, Any]:
     with args.main_process_first(desc="prepare data", local=False):
         if args.process_index == 0:
             return prepare(cfg)
+        from medtune.folders import require_complete
+
+        require_complete(prepared_dir(cfg), "Prepared data")
         return json.loads((prepared_dir(cfg) / "report.json").read_text(encoding="utf-8"))
 
 
@@ -222,21 +228,38 @@ def train_and_save(cfg: Config, trainer: Any, tokenizer: Any, r: Run, metrics: d
                    has_eval: bool) -> dict[str, Any]:
     """The tail every stage shares: lineage → eval → train → eval, then weights, tokenizer (with the
     chat template), trainer state, loss plot, metrics.json and the model card (README.md) into `r.out`."""
+    from medtune.folders import mark_complete, unmark
     from medtune.model.card import model_card
-    from medtune.train.checkpoints import CommitCheckpoints
+    from medtune.train.checkpoints import CommitCheckpoints, finished_at, training_loss
 
     out, resume = r.out, r.resume
     lineage = run_lineage(cfg, trainer.model, r.report)
     if trainer.is_world_process_zero():  # before training, so every checkpoint-N inherits it
         from medtune.model.lineage import write as write_lineage
 
+        unmark(out)  # the folder is a run in progress until its final save is whole
         write_lineage(out, lineage)
-    trainer.add_callback(CommitCheckpoints())
+    commit = CommitCheckpoints(resume)
+    trainer.add_callback(commit)
     if has_eval and not resume:  # after a resume, "before" would measure a fresh model, not the run
         metrics.update({f"{k}_before": v for k, v in trainer.evaluate().items() if _reported(k)})
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_loss=result.training_loss, global_step=result.global_step,
-                   train_runtime=result.metrics.get("train_runtime"))
+    if resume:  # the "before" numbers of the run's first session, kept across resumes
+        metrics.update({k: v for k, v in _read_json(out / "metrics.before.json").items() if k not in metrics})
+    elif trainer.is_world_process_zero():
+        write_json(out / "metrics.before.json", {k: v for k, v in metrics.items() if k.endswith("_before")})
+    if resume and finished_at(resume, trainer.args):
+        # The checkpoint is the run's last step. transformers would train one step more (it checks the
+        # step budget only after a step): load the checkpoint instead, so the result is the straight run's.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        global_step = trainer.state.global_step
+    else:
+        global_step = trainer.train(resume_from_checkpoint=resume).global_step
+    # Over every step of the run, whatever the sessions: the Trainer's own numbers cover the last session only.
+    metrics.update(train_loss=training_loss(trainer.state.log_history), global_step=global_step,
+                   train_runtime=round(commit.elapsed(), 3), resumed_from=resume)
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]  # RL stages log one per step
     if rewards:
         metrics.update(reward_first=rewards[0], reward_last=rewards[-1])
@@ -259,6 +282,7 @@ def train_and_save(cfg: Config, trainer: Any, tokenizer: Any, r: Run, metrics: d
         write_json(out / "metrics.json", metrics)
         # peft's save writes an empty model-card template; the run's card says what these weights are.
         atomic_write_text(out / "README.md", model_card(lineage, metrics))
+        mark_complete(out)  # last: a kill or a full disk before this leaves a folder loading refuses
     log.info("saved to %s: %s", out, {k: v for k, v in metrics.items() if "loss" in k})
     return metrics
 
@@ -281,6 +305,13 @@ def run_lineage(cfg: Config, model: Any, report: dict[str, Any]) -> dict[str, An
 
 def _reported(key: str) -> bool:
     return key.startswith("eval_") and not key.endswith(("runtime", "per_second", "preparation_time"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
