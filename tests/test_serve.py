@@ -248,3 +248,43 @@ def test_busy_port_is_reported_before_the_model_loads(capsys):
             assert main([verb, CFG, f"serve.port={port}"]) == 2
             assert time.time() - start < 20
             assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_hostile_bodies_get_json_errors(server):
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx.post(server.url + "/v1/chat/completions", content=deep, timeout=30,
+                   headers={"Authorization": "Bearer sekret", "Content-Type": "application/json"})
+    assert r.status_code in (400, 413) and "error" in r.json()
+    r = _post(server, {"messages": ask("hi")}, raw=b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+
+    # A declared 100 MB body is refused from its header, before a byte of it is read.
+    def body():
+        yield b'{"messages": "'
+        for _ in range(100):
+            yield b"x" * 1_000_000
+
+    r = httpx.post(server.url + "/v1/chat/completions", content=body(), timeout=30,
+                   headers={"Authorization": "Bearer sekret", "Content-Length": str(100_000_014)})
+    assert r.status_code == 413 and "exceeds the limit of 20000" in r.json()["error"]["message"]
+
+
+def test_routes_behind_the_key_and_health_public(server):
+    assert httpx.get(server.url + "/health").status_code == 200
+    assert httpx.get(server.url + "/openapi.json").status_code == 401
+    assert httpx.get(server.url + "/openapi.json", headers={"Authorization": "Bearer sekret"}).status_code == 200
+
+
+def test_abandoned_non_streaming_request_is_cancelled(chatty_server):
+    batcher = chatty_server.engine.batcher
+    before = len(batcher.finished)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(chatty_server.url + "/v1/chat/completions", timeout=0.1,
+                   headers={"Authorization": "Bearer sekret"},
+                   json={"messages": ask("讲一个很长的故事"), "max_tokens": 900, "temperature": 1.0})
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(r == "cancelled" for r, _ in list(batcher.finished)[before:]):
+        time.sleep(0.1)
+    done = list(batcher.finished)[before:]
+    # The row was freed, not generated to 900 tokens for nobody.
+    assert any(r == "cancelled" and n < 900 for r, n in done), done

@@ -61,6 +61,25 @@ class ApiError(Exception):
 PUBLIC = {"/health"}
 
 
+class KeyCheck:
+    """Every route needs the key when one is set, except /health (load balancers and probes call it; it
+    shows only status and queue counts). Compared in constant time. A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would hide client disconnects from the route (no cancelling abandoned requests)."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC:
+            sent = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(sent, self.expected):
+                response = ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                                    code="invalid_api_key").response()
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `limit`: from Content-Length
     before reading anything, else while streaming it (never a 100 MB body held in memory)."""
@@ -93,16 +112,8 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
                    405: f"Method {request.method} is not allowed on {request.url.path}."}.get(e.status_code, str(e.detail))
         return ApiError(e.status_code, message, code={404: "not_found", 405: "method_not_allowed"}.get(e.status_code)).response()
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Any:
-        # Every route needs the key when one is set, except /health (load balancers and probes call it;
-        # it shows only status and queue counts).
-        if api_key and request.url.path not in PUBLIC:
-            sent = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):  # constant time: no timing oracle
-                return ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                                code="invalid_api_key").response()
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(KeyCheck, key=api_key)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
