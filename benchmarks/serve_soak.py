@@ -86,9 +86,10 @@ async def bad(client: httpx.AsyncClient, url: str, rng: random.Random, stats: Co
         stats["bad_not_json_4xx"] += 1
 
 
-async def soak(url: str, n: int, concurrency: int, seed: int) -> tuple[Counter, list[float]]:
+async def soak(url: str, n: int, concurrency: int, seed: int, pid: int) -> tuple[Counter, list[float], list[float]]:
     stats: Counter = Counter()
     health: list[float] = []
+    rss: list[float] = []
     todo = iter(range(n))
     done = asyncio.Event()
 
@@ -99,6 +100,8 @@ async def soak(url: str, n: int, concurrency: int, seed: int) -> tuple[Counter, 
                 r = await c.get(url + "/health")
                 health.append(time.perf_counter() - t)
                 stats[f"health_{r.status_code}"] += 1
+                if len(health) % 40 == 0:
+                    rss.append(rss_mib(pid))
                 await asyncio.sleep(0.05)
 
     async def worker(k: int) -> None:
@@ -118,7 +121,7 @@ async def soak(url: str, n: int, concurrency: int, seed: int) -> tuple[Counter, 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     done.set()
     await probe
-    return stats, health
+    return stats, health, rss
 
 
 def answers(url: str) -> list[str]:
@@ -159,7 +162,7 @@ def main() -> None:
                 time.sleep(0.1)
         before_answers, rss0 = answers(url), rss_mib(server.pid)
         start = time.perf_counter()
-        stats, health = asyncio.run(soak(url, args.requests, args.concurrency, args.seed))
+        stats, health, rss = asyncio.run(soak(url, args.requests, args.concurrency, args.seed, server.pid))
         wall = time.perf_counter() - start
         rss1, after_answers = rss_mib(server.pid), answers(url)
     finally:
@@ -171,6 +174,9 @@ def main() -> None:
     print("responses:", dict(sorted(stats.items())))
     print(f"5xx: {fivexx}; resets: {sum(v for k, v in stats.items() if k.startswith('reset'))}; "
           f"server RSS {rss0:.0f} -> {rss1:.0f} MiB")
+    quarter = max(1, len(rss) // 4)
+    print("server RSS during the soak (MiB, every 40 probes):", " ".join(f"{x:.0f}" for x in rss[::quarter]),
+          f"| first quarter max {max(rss[:quarter]):.0f}, last quarter max {max(rss[-quarter:]):.0f}")
     print(f"/health latency over {len(health)} probes: p50 {q[49] * 1000:.1f} ms, p95 {q[94] * 1000:.1f} ms, "
           f"max {max(health) * 1000:.1f} ms")
     print(f"greedy answers identical before and after: {before_answers == after_answers}")
