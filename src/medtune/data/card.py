@@ -23,6 +23,13 @@ def licence_check(specs: list[DatasetSpec], intended_use: str) -> None:
                           f"`allowed_use`): {', '.join(blocked)}. Remove them or check their licences.")
 
 
+def _shards(path: str) -> list[Path]:
+    try:
+        return [p for p in io.shards(path) if p.is_file()]
+    except Exception:  # noqa: BLE001 - a card lists what it can hash
+        return []
+
+
 def write_card(cfg: Config, specs: list[DatasetSpec], report: dict[str, Any], out: Path) -> Path:
     """README.md of the prepared folder: sources, licences, counts in and out by reason, hashes, config."""
     import yaml
@@ -43,7 +50,7 @@ def write_card(cfg: Config, specs: list[DatasetSpec], report: dict[str, Any], ou
         lines.append(f"| {s.name} | {s.source} | {s.license} | {', '.join(s.allowed_use) or 'unknown'} | {r['rows_read']} "
                      f"| {r['kept']} | {sum(r['dropped'].values())} {r['dropped'] or ''} | {r['changed'] or ''} |")
     lines += ["", f"PII replaced: {report['pii_replaced'] or 'none'}", "", "## Inputs (sha256, 16 hex)", ""]
-    lines += [f"- `{s.path}`: {sha(s.path)}" for s in specs if Path(s.path).exists()]
+    lines += [f"- `{shard}`: {sha(shard)}" for s in specs for shard in _shards(s.path)]
     lines += ["", "## Outputs", ""]
     # Hashed where they are being built (`out`, the folder's build copy), named as they will be.
     names = sorted({Path(p).name for p in report["files"].values()})

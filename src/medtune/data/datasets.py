@@ -67,9 +67,9 @@ def _spec(name: str, entry: Any, reg: Path) -> DatasetSpec:
         close = difflib.get_close_matches(key, _KEYS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{reg}: dataset {name!r} has unknown key {key!r}.{hint} Allowed: {', '.join(sorted(_KEYS))}.")
-    path = Path(entry["path"])
+    path = Path(entry["path"])  # a file, a folder of shards or a glob ("shards/part-*.jsonl.gz")
     if not path.is_absolute() and "://" not in entry["path"]:
-        path = (reg.parent / path).resolve()
+        path = reg.parent.resolve() / path if any(ch in entry["path"] for ch in "*?[") else (reg.parent / path).resolve()
     return DatasetSpec(name=name, **{**entry, "path": str(path)})
 
 

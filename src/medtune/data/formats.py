@@ -95,8 +95,7 @@ def _each_json(spec: DatasetSpec, convert_row: Callable[[Any, str], Item | list[
     the field's name. A text field holding another JSON type is dropped as `wrong_type`.
     """
     converted = False
-    for line, row in io.read_json_records(spec.path, spec.encoding):
-        where = f"{spec.path}:{line}"
+    for where, row in io.read_records(spec.path, spec.encoding):
         try:
             items = convert_row(row, where)
         except MissingField as e:
@@ -242,8 +241,8 @@ def chatglm(spec: DatasetSpec) -> Iterator[Item]:
 @FORMATS.register("toyhom", "Toyhom department CSV: department,title,ask,answer (GB18030)")
 def toyhom(spec: DatasetSpec) -> Iterator[Item]:
     cols = tuple(_columns(spec, c, None)[0] for c in ("title", "ask", "answer"))
-    for line, row in io.read_csv_records(spec.path, spec.encoding, required=cols):
-        where = f"{spec.path}:{line}"
+    for where, row in ((f"{shard}:{line}", row) for shard in io.shards(spec.path)
+                       for line, row in io.read_csv_records(shard, spec.encoding, required=cols)):
         title, ask = _text(row[cols[0]]), _text(row[cols[1]])
         # Patients often leave `ask` empty or write 无 and put the question in the title.
         question = ask if ask and ask != "无" else title
@@ -282,9 +281,10 @@ def dialogue(spec: DatasetSpec) -> Iterator[Item]:
 
 @FORMATS.register("text", "plain text for pretraining: .txt (one document per line) or JSONL with `text`")
 def text(spec: DatasetSpec) -> Iterator[Item]:
-    if Path(spec.path).suffix in (".txt", ".text"):
-        for line, content in io.read_lines(spec.path, spec.encoding):
-            yield Item(f"{spec.path}:{line}", {"text": content})
+    if all(p.name.endswith((".txt", ".text", ".txt.gz", ".txt.zst")) for p in io.shards(spec.path)):
+        for shard in io.shards(spec.path):
+            for line, content in io.read_lines(shard, spec.encoding):
+                yield Item(f"{shard}:{line}", {"text": content})
         return
 
     def convert(row: Any, where: str) -> Item:

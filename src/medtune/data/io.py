@@ -50,6 +50,72 @@ def _decodes(data: bytes, encoding: str) -> bool:
     return True
 
 
+# What a folder or glob of shards may hold (dataset `path: data/shards/` or `path: "data/part-*.jsonl.gz"`).
+SHARD_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".parquet", ".csv",
+                  ".txt", ".txt.gz", ".txt.zst")
+
+
+def shards(path: str | Path) -> list[Path]:
+    """The files a dataset path names: the file itself, every data file of a folder (sorted), or a glob's
+    matches (sorted). A folder or glob with no data file is an error naming it."""
+    p = Path(path)
+    if any(ch in str(path) for ch in "*?["):
+        found = sorted(q for q in Path(p.anchor or ".").glob(str(p.relative_to(p.anchor)) if p.anchor else str(p))
+                       if q.is_file())
+        if not found:
+            raise DataError(f"{path}: the glob matches no file. Check the dataset's `path`.")
+        return found
+    if p.is_dir():
+        found = sorted(q for q in p.rglob("*") if q.is_file() and q.name.endswith(SHARD_SUFFIXES)
+                       and not q.name.startswith("."))
+        if not found:
+            raise DataError(f"{p}: the folder holds no data file ({', '.join(SHARD_SUFFIXES)}).")
+        return found
+    return [p]
+
+
+def open_binary(p: Path) -> Any:
+    """A binary reader for plain, gzip (.gz) or Zstandard (.zst) files: shards are often compressed."""
+    if p.name.endswith(".gz"):
+        import gzip
+
+        return gzip.open(p, "rb")
+    if p.name.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"{p}: reading .zst needs the zstandard package: pip install zstandard.") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(p, "rb"), closefd=True))
+    return p.open("rb")
+
+
+def read_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[str, Any]]:
+    """Yield (where, record) over every shard a dataset path names: JSON / JSON Lines (plain, .gz,
+    .zst) or Parquet; `where` is `file:line` (Parquet: `file:row`), the reference every drop record and
+    error uses."""
+    for shard in shards(path):
+        if shard.name.endswith(".parquet"):
+            yield from ((f"{shard}:{n}", r) for n, r in read_parquet_records(shard))
+        else:
+            yield from ((f"{shard}:{n}", r) for n, r in read_json_records(shard, encoding))
+
+
+def read_parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a Parquet file as dicts, a batch at a time (memory flat in the file size); 1-based row numbers."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow.") from None
+    try:
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row
+    except (OSError, ValueError) as e:  # pyarrow.lib.ArrowInvalid is a ValueError
+        raise DataError(f"{path}: not a readable Parquet file ({e}).") from None
+
+
 def read_json_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, Any]]:
     """Yield (line, record) from a JSON array or JSON Lines file (many `.json` files are really JSONL).
 
@@ -58,10 +124,11 @@ def read_json_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tup
     p = Path(path)
     if not p.exists():
         read_text(p, encoding)  # raises the file-not-found message
-    with p.open("rb") as f:
+    with open_binary(p) as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"["):
-        text = read_text(p, encoding)
+        with open_binary(p) as f:
+            text = decode(f.read(), str(p), encoding)
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
@@ -69,7 +136,7 @@ def read_json_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tup
                             "Fix the file or convert it to JSON Lines (one object per line).") from None
         yield from ((i + 1, r) for i, r in enumerate(records))
         return
-    with p.open("rb") as f:
+    with open_binary(p) as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode(encoding)
@@ -123,10 +190,19 @@ def _csv_rows(f: Any, p: Path, required: tuple[str, ...]) -> Iterator[tuple[int,
 
 
 def read_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """Yield (line, text) for each non-empty line of a plain-text file."""
-    for lineno, line in enumerate(read_text(path, encoding).splitlines(), start=1):
-        if line.strip():
-            yield lineno, line.strip()
+    """Yield (line, text) for each non-empty line of a plain-text file (plain, .gz or .zst), streamed."""
+    p = Path(path)
+    if not p.exists():
+        read_text(p, encoding)  # raises the file-not-found message
+    with open_binary(p) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError:
+                decode(raw, f"{p}", encoding, first_line=lineno)  # raises, naming a likely encoding
+            line = (line.removeprefix("\ufeff") if lineno == 1 else line).strip()
+            if line:
+                yield lineno, line
 
 
 def file_sha256(path: str | Path) -> str:

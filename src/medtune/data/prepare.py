@@ -178,8 +178,10 @@ def _row(item: Any, spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sin
 
 
 def _ref(spec: DatasetSpec, where: str) -> str:
-    """A compact row reference for the dedup index (dataset:line; the path is in the registry)."""
-    return f"{spec.name}:{where.rsplit(':', 1)[-1]}"
+    """A compact row reference for the dedup index (dataset:line, or dataset:shard:line for a folder or
+    glob of shards; the path is in the registry)."""
+    file, _, line = where.rpartition(":")
+    return f"{spec.name}:{line}" if file == spec.path else f"{spec.name}:{Path(file).name}:{line}"
 
 
 def _user_texts(row: dict[str, Any]) -> list[str]:

@@ -61,8 +61,12 @@ def preflight(cfg: Config, training: bool = True, train_args: bool = True) -> No
     need = STAGE_DATA.get(cfg.finetune.stage, set())
     for spec in resolve(cfg.data.datasets, cfg.data.registries):
         FORMATS.get(spec.format)
-        if "://" not in spec.path and not Path(spec.path).exists():
+        if "://" not in spec.path and not any(ch in spec.path for ch in "*?[") and not Path(spec.path).exists():
             raise ConfigError(f"dataset {spec.name!r}: path {spec.path} does not exist (fix `path:` in its registry).")
+        if any(ch in spec.path for ch in "*?["):
+            from medtune.data.io import shards
+
+            shards(spec.path)  # a glob that matches nothing fails here, before any work
         shape = SHAPES.get(spec.format)
         if need and shape and shape not in need:
             wanted = " or ".join(_FORMAT_HINT[n] for n in sorted(need))
