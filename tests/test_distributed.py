@@ -41,3 +41,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     assert all(abs(x - y) < 1e-5 for x, y in zip(_losses(one), _losses(two), strict=True))
+    # Tokenised once, by rank 0; rank 1 read the same cache folder.
+    caches = [p.name for p in (two / "tokenized").iterdir() if not p.name.startswith(".")]
+    assert len(caches) == 1 and caches[0].startswith("sft-"), caches
+    assert run.stderr.count("tokenising 1 file(s)") == 1 and run.stderr.count("tokenised cache hit") == 1

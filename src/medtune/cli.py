@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, read-only or vanished folders: a message, not a traceback
         print(f"medtune {args.verb}: error: {io_message(e)}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - torch/safetensors report a full disk as their own errors
+    except Exception as e:
         if not _disk_full(str(e)):
             raise
         print(f"medtune {args.verb}: error: {io_message(OSError(errno.ENOSPC, str(e)))}", file=sys.stderr)

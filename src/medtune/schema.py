@@ -92,6 +92,8 @@ class DataConfig:
     intended_use: str = "research"
     # Pack several samples per row (greedy bins of max_length; samples never attend to each other).
     packing: bool = False
+    # Processes that tokenise the prepared data into the cached Arrow files (null: the CPUs available).
+    num_workers: int | None = None
     # Eval split when no dataset ships an official dev split: a fraction (<1) or a row count.
     test_size: float = 0.0
     max_samples: int | None = None

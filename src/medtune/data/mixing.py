@@ -17,9 +17,16 @@ from medtune.errors import ConfigError
 def mix(rows: list[dict[str, Any]], ratios: dict[str, float], size: int | None,
         seed: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
     """Sample `rows` (grouped by meta.dataset) to the given ratios; return rows and per-dataset counts."""
-    by_dataset: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_dataset[r["meta"]["dataset"]].append(r)
+    by_dataset: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_dataset[r["meta"]["dataset"]].append(i)
+    picked, report = mix_indices(by_dataset, ratios, size, seed)
+    return [rows[i] for i in picked], report
+
+
+def mix_indices(by_dataset: dict[str, list[int]], ratios: dict[str, float], size: int | None,
+                seed: int) -> tuple[list[int], dict[str, dict[str, int]]]:
+    """`mix` on row indices grouped by dataset (the tokenised Arrow path never builds row lists)."""
     unknown = set(ratios) - set(by_dataset)
     missing = set(by_dataset) - set(ratios)
     if unknown or missing or any(v <= 0 for v in ratios.values()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import random
@@ -152,21 +153,93 @@ def encode_eval(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTempla
 
 @dataclasses.dataclass
 class Run:
-    """What every stage starts from: where it writes, its trainer arguments, and its data."""
+    """What every stage starts from: where it writes, its trainer arguments, and its prepared data
+    (files on disk: `encoded` tokenises them into the cached Arrow dataset; the stages that still
+    take rows read them on demand through `train_rows` / `eval_rows`)."""
 
     out: Path
     args: Any
     resume: Any
     report: dict[str, Any]
-    train_rows: list[dict[str, Any]]
-    eval_rows: list[dict[str, Any]]
+    data: DataConfig
+
+    def files(self, split: str) -> list[str]:
+        """Prepared files of a split: `dev`, or `train` (every file without a split, and `*.train`)."""
+        def split_of(name: str) -> str:
+            return name.rsplit(".", 1)[1] if "." in name else "train"
+        return [p for name, p in self.report["files"].items() if split_of(name) == split]
+
+    @functools.cached_property
+    def _rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        from medtune.data.prepare import load_prepared
+
+        return split_eval(load_prepared(self.report), self.data)
+
+    @property
+    def train_rows(self) -> list[dict[str, Any]]:
+        return self._rows[0]
+
+    @property
+    def eval_rows(self) -> list[dict[str, Any]]:
+        return self._rows[1]
+
+
+@dataclasses.dataclass
+class Encoded:
+    """The data an LM stage trains on: lazy views over the tokenised cache, and what was dropped."""
+
+    train: Any
+    eval: Any  # one view, a {dataset: view} dict (the Trainer logs eval_<dataset>_loss), or None
+    eval_count: int
+    too_long: dict[str, int]
+    prepared: dict[str, int]
+
+
+def encoded(r: Run, tokenizer: Any, template: ChatTemplate, data: DataConfig) -> Encoded:
+    """The one data boundary of sft: prepared files → cached, memory-mapped token ids (built once, by the
+    main process; other ranks and later runs load it) → train / eval views (split, mixture, packing)."""
+    from medtune.data.tokenized import Rows, cache_root, default_workers, pack_bins, split
+    from medtune.data.tokenized import encoded as encode_files
+
+    root = cache_root(r.report["output_dir"])
+    workers = data.num_workers or default_workers()
+    train_files, dev_files = r.files("train"), r.files("dev")
+    with r.args.main_process_first(desc="tokenise", local=False):
+        train_all = encode_files(train_files, tokenizer, template, data.max_length, data.mask, root, workers) \
+            if train_files else None
+        dev = encode_files(dev_files, tokenizer, template, data.max_length, data.mask, root, workers) \
+            if dev_files else None
+    if train_all is None:
+        return Encoded(None, None, 0, {"train": 0, "eval": 0}, {"train": 0, "eval": 0})
+    train_idx, evals, too_long = split(train_all, dev, data)
+    eval_src = dev if dev is not None else train_all
+    views = {name: Rows(eval_src, idx) for name, idx in evals.items()}
+    if data.packing:
+        lengths = train_all.with_format("numpy")["length"]
+        bins = pack_bins([lengths[int(i)] for i in train_idx], data.max_length)
+    else:
+        bins = None
+    train = Rows(train_all, train_idx, bins, counted=True)
+    count = sum(len(v) for v in views.values())
+    prepared = {"train": len(train_all) - (0 if dev is not None else count + too_long["eval"]),
+                "eval": count + too_long["eval"]}
+    ev = views if len(views) > 1 else next(iter(views.values()), None)
+    return Encoded(train, ev, count, too_long, prepared)
+
+
+def collator_for(tokenizer: Any, data: DataConfig) -> CountingCollator:
+    """Padded batches (or packed rows without cross-attention), counting real vs processed tokens."""
+    from transformers import DataCollatorForSeq2Seq
+
+    inner = PackedCollator(tokenizer.pad_token_id) if data.packing else \
+        DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    return CountingCollator(inner)
 
 
 def start(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> Run:
     """The preamble every stage shares: resolved config written, arguments validated (before any
     work), data prepared once (main process) and split into train / eval rows."""
     from medtune.config import dump_config
-    from medtune.data.prepare import load_prepared
     from medtune.train.checks import preflight
 
     preflight(cfg, train_args=False)  # template, stage, method, model, adapters, data shape: before any work
@@ -177,8 +250,7 @@ def start(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> Run:
     args, resume = training_arguments(cfg, config_class, **stage_defaults)
     dump_config(cfg, out)
     report = prepare_once(cfg, args)
-    train_rows, eval_rows = split_eval(load_prepared(report), cfg.data)
-    return Run(out, args, resume, report, train_rows, eval_rows)
+    return Run(out, args, resume, report, cfg.data)
 
 
 def prepare_once(cfg: Config, args: Any) -> dict[str, Any]:

@@ -11,9 +11,8 @@ from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
 from medtune.train.common import (
-    batching,
-    encode_eval,
-    encode_split,
+    collator_for,
+    encoded,
     make_trainer,
     require_eval_split,
     start,
@@ -33,24 +32,22 @@ def run(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"data.packing cannot be combined with finetune.method={cfg.finetune.method}: peft "
                           "ignores position ids for prompt learning, so packed samples would see each other.")
 
-    # Data: sources → prepared JSONL (counted, dropped rows written out) → masked token ids.
+    # Data: sources → prepared JSONL (counted, dropped rows written out) → cached token ids (Arrow).
     r = start(cfg)
     model, tokenizer, template = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg))
-    train_set, train_too_long = encode_split(r.train_rows, tokenizer, template, cfg.data)
-    eval_set, eval_count, eval_too_long = encode_eval(r.eval_rows, tokenizer, template, cfg.data)
-    require_eval_split(r.args, bool(eval_set))
-    if not train_set:
-        raise MedtuneError(f"No training examples left (prepared {len(r.train_rows)}, {train_too_long} had no "
-                           f"answer token within data.max_length={cfg.data.max_length}). See {r.report['output_dir']}.")
+    data = encoded(r, tokenizer, template, cfg.data)
+    require_eval_split(r.args, data.eval is not None)
+    if data.train is None or not len(data.train):
+        raise MedtuneError(f"No training examples left (prepared {data.prepared['train']}, {data.too_long['train']} had "
+                           f"no answer token within data.max_length={cfg.data.max_length}). See {r.report['output_dir']}.")
 
     # Model: the method decides what trains. Seed first: adapter weights are initialised here,
     # before the Trainer would seed, and an unseeded init makes runs irreproducible.
     set_seed(r.args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg)
 
-    train_rows_or_bins, collator = batching(train_set, tokenizer, cfg.data)
-    trainer = make_trainer(cfg, model, r.args, tokenizer, train_rows_or_bins, eval_set, collator)
-    metrics: dict[str, Any] = {"train_examples": len(train_set), "eval_examples": eval_count,
-                               "train_rows": len(train_rows_or_bins),
-                               "dropped_too_long": {"train": train_too_long, "eval": eval_too_long}}
-    return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(eval_set))
+    trainer = make_trainer(cfg, model, r.args, tokenizer, data.train, data.eval, collator_for(tokenizer, cfg.data))
+    examples = len(data.train.indices)
+    metrics: dict[str, Any] = {"train_examples": examples, "eval_examples": data.eval_count, "train_rows": len(data.train),
+                               "dropped_too_long": data.too_long}
+    return train_and_save(cfg, trainer, tokenizer, r, metrics, data.eval is not None)
