@@ -37,23 +37,27 @@ def test_reward_model_learns_its_pairs_and_trains_its_score_head(tmp_path):
     assert {"eval_accuracy_before", "eval_accuracy_after"} <= set(metrics)
 
 
-def test_pretraining_blocks_keep_documents_apart():
+def test_pretraining_blocks_keep_documents_apart(tmp_path):
     from transformers import AutoTokenizer
 
+    from medtune.data.templates import load_template
+    from medtune.data.tokenized import Blocks, documents
     from medtune.model.tiny import tiny_model_path
-    from medtune.train.pt import blocks
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path("llama"))
     docs = [{"text": "发热是常见症状。"}, {"text": "高血压患者应低盐饮食，规律服药。"}, {"text": "多喝水"}]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+    cached = documents([str(tmp_path / "docs.jsonl")], tok, load_template("chatml"), tmp_path / "cache", workers=1)
     ids = [tok(d["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in docs]
     size = len(ids[0]) + 3
-    rows = blocks(tok, docs, size)
+    rows = [r for r in Blocks(cached, range(3), size)]
     stream = [t for doc in ids for t in doc]
     assert [t for r in rows for t in r["input_ids"]] == stream  # nothing lost, EOS after every document
     assert all(len(r["input_ids"]) == size for r in rows[:-1])
     # Positions restart where a document (or its continuation into the next block) starts.
-    first = rows[0]["position_ids"]
+    first, second = rows[0]["position_ids"], rows[1]["position_ids"]
     assert first == list(range(len(ids[0]))) + [0, 1, 2]
+    assert second[0] == 0 and rows[1]["labels"][0] == -100  # the continuation is its own piece
 
 
 def test_pt_stage_trains(tmp_path):

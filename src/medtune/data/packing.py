@@ -20,20 +20,26 @@ from medtune.data.encode import IGNORE_INDEX
 
 def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
     """Greedy best-fit-decreasing bin packing of encoded examples into rows of <= max_length tokens."""
-    bins: list[list[dict[str, list[int]]]] = []
+    return [concat([examples[i] for i in b]) for b in pack_bins([len(e["input_ids"]) for e in examples], max_length)]
+
+
+def pack_bins(lengths: Any, max_length: int) -> list[list[int]]:
+    """The bins as positions into `lengths`: long samples first, each into the open bin whose free room
+    fits it most tightly (bisection over the sorted free rooms)."""
+    bins: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (room left, bin index), kept sorted
-    for ex in sorted(examples, key=lambda e: len(e["input_ids"]), reverse=True):
-        n = len(ex["input_ids"])
+    for pos in sorted(range(len(lengths)), key=lambda k: -int(lengths[k])):
+        n = int(lengths[pos])
         at = bisect.bisect_left(free, (n, -1))
         if at < len(free):
             room, slot = free.pop(at)
         else:
             bins.append([])
             room, slot = max_length, len(bins) - 1
-        bins[slot].append(ex)
+        bins[slot].append(pos)
         if room - n > 0:
             bisect.insort(free, (room - n, slot))
-    return [concat(b) for b in bins]
+    return bins
 
 
 def concat(samples: list[dict[str, list[int]]]) -> dict[str, list[int]]:

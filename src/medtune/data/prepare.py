@@ -42,7 +42,7 @@ def prepare(cfg: Config) -> dict[str, Any]:
     passes = _Passes(steps=steps, dedup=Deduper(**d.dedup) if d.dedup else None,
                      decontam=Decontaminator(**d.decontaminate) if d.decontaminate else None,
                      splitter=GroupSplitter(d.split) if d.split else None)
-    report: dict[str, Any] = {"output_dir": str(out), "datasets": {}, "files": {}}
+    report: dict[str, Any] = {"output_dir": str(out), "fingerprint": fingerprint(cfg), "datasets": {}, "files": {}}
     # Written into a hidden sibling and swapped in on success: a failed or killed rerun leaves the
     # previous complete folder, never a new half-written JSONL beside the old report.json.
     check_room(out, 0)  # writable before any row is read
@@ -62,6 +62,38 @@ def prepare(cfg: Config) -> dict[str, Any]:
         io.atomic_write_text(tmp / "report.json", json.dumps(report, ensure_ascii=False, indent=2))
         write_card(cfg, specs, report, tmp)
         dump_config(cfg, tmp)
+    return report
+
+
+def fingerprint(cfg: Config) -> str:
+    """What the prepared folder depends on: the data config, medtune's version, and every input shard's
+    path, size and modification time (not its content: hashing GBs of input would cost what it saves)."""
+    import hashlib
+
+    from medtune import __version__
+    from medtune.config import to_dict
+
+    data = {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("num_workers", "output_dir")}
+    h = hashlib.sha256(json.dumps({"data": data, "version": __version__}, sort_keys=True, default=str).encode())
+    for spec in resolve(cfg.data.datasets, cfg.data.registries):
+        for shard in io.shards(spec.path) if "://" not in spec.path else []:
+            st = shard.stat()
+            h.update(f"{shard}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def up_to_date(cfg: Config) -> dict[str, Any] | None:
+    """The report of a complete prepared folder built from exactly this config and these inputs, else None:
+    `train` reuses it (a 26M-row corpus is prepared once, e.g. by `medtune prepare` before a cluster job)."""
+    from medtune.folders import MARKER
+
+    out = prepared_dir(cfg)
+    try:
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (out / MARKER).exists() or report.get("fingerprint") != fingerprint(cfg):
+        return None
     return report
 
 
@@ -242,13 +274,3 @@ def write_mixture(cfg: Config, report: dict[str, Any], out: Path, sinks: _Sinks)
     mixed, counts = mix(rows, cfg.data.mix, cfg.data.mix_size, cfg.data.seed)
     io.write_jsonl(out / "mixture.jsonl", mixed)
     return counts
-
-
-def load_prepared(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Read the prepared files back, grouped into `train`, `dev` and `test` by their split."""
-    groups: dict[str, list[dict[str, Any]]] = {"train": [], "dev": [], "test": []}
-    for name, path in report["files"].items():
-        split = name.rsplit(".", 1)[1] if "." in name else "train"
-        with open(path, encoding="utf-8") as f:
-            groups[split if split in groups else "train"].extend(json.loads(line) for line in f)
-    return groups

@@ -122,11 +122,17 @@ def _encode_ranges(ranges: list[tuple[str, int, int, int]], tokenizer: Any, temp
 def encoded(files: list[str], tokenizer: Any, template: Any, max_length: int, mask: str, root: Path,
             workers: int, stage: str = "sft") -> Any:
     """The encoded rows of `files` (in file order) as a memory-mapped `datasets.Dataset`, built once."""
+    return _build(files, tokenizer, template, {"max_length": max_length, "mask": mask, "stage": stage}, root,
+                  workers, _encode_ranges, {"tokenizer": tokenizer, "template": template, "max_length": max_length,
+                                            "mask": mask})
+
+
+def _build(files: list[str], tokenizer: Any, template: Any, settings: dict[str, Any], root: Path, workers: int,
+           generator: Any, kwargs: dict[str, Any]) -> Any:
     from datasets import Dataset, Features, Sequence, Value, load_from_disk
 
-    settings = {"max_length": max_length, "mask": mask, "stage": stage}
     key = fingerprint(files, tokenizer, template, settings)
-    folder = root / f"{stage}-{key}"
+    folder = root / f"{settings['stage']}-{key}"
     if _valid(folder, key):
         log.info("tokenised cache hit: %s", folder)
         return load_from_disk(str(folder / "data"))
@@ -136,11 +142,9 @@ def encoded(files: list[str], tokenizer: Any, template: Any, max_length: int, ma
     ranges = byte_ranges(files, parts=workers * 4)
     log.info("tokenising %d file(s) with %d worker(s) into %s", len(files), workers, folder)
     with staged(folder) as tmp:
-        ds = Dataset.from_generator(
-            _encode_ranges, features=features, cache_dir=str(tmp / ".build"), num_proc=workers if workers > 1 else None,
-            gen_kwargs={"ranges": ranges, "tokenizer": tokenizer, "template": template, "max_length": max_length,
-                        "mask": mask},
-            split="train")
+        ds = Dataset.from_generator(generator, features=features, cache_dir=str(tmp / ".build"),
+                                    num_proc=workers if workers > 1 else None,
+                                    gen_kwargs={"ranges": ranges, **kwargs}, split="train")
         ds.save_to_disk(str(tmp / "data"))
         del ds
         shutil.rmtree(tmp / ".build", ignore_errors=True)
@@ -224,21 +228,147 @@ def split(train_all: Any, dev: Any | None, data: Any) -> tuple[Any, Any, dict[st
     return train_idx, evals, too_long
 
 
-def pack_bins(lengths: Any, max_length: int) -> list[list[int]]:
-    """Best-fit-decreasing bins over positions of `lengths` (medtune.data.packing.pack, on lengths only)."""
-    import bisect
+def _doc_ranges(ranges: list[tuple[str, int, int, int]], tokenizer: Any) -> Any:
+    """Documents → token ids (+ EOS, BOS when the tokenizer adds one), a batch per tokenizer call."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) \
+        else []
+    for path, start, end, _ in ranges:
+        batch: list[dict[str, Any]] = []
 
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []
-    for pos in sorted(range(len(lengths)), key=lambda k: -int(lengths[k])):
-        n = int(lengths[pos])
-        at = bisect.bisect_left(free, (n, -1))
-        if at < len(free):
-            room, slot = free.pop(at)
-        else:
-            bins.append([])
-            room, slot = max_length, len(bins) - 1
-        bins[slot].append(pos)
-        if room - n > 0:
-            bisect.insort(free, (room - n, slot))
-    return bins
+        def flush(rows: list[dict[str, Any]]) -> Any:
+            for row, ids in zip(rows, tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"],
+                                strict=True):
+                full = [*bos, *ids, tokenizer.eos_token_id]
+                yield {"input_ids": full, "labels": full, "length": len(full),
+                       "dataset": row.get("meta", {}).get("dataset", "")}
+
+        for row in _lines(path, start, end):
+            batch.append(row)
+            if len(batch) == BATCH:
+                yield from flush(batch)
+                batch = []
+        if batch:
+            yield from flush(batch)
+
+
+def documents(files: list[str], tokenizer: Any, template: Any, root: Path, workers: int) -> Any:
+    """Pretraining documents tokenised (one row per document) into the cache, like `encoded`."""
+    return _build(files, tokenizer, template, {"stage": "pt"}, root, workers, _doc_ranges, {"tokenizer": tokenizer})
+
+
+class Blocks:
+    """Pretraining blocks of exactly `size` tokens over documents `indices` of a tokenised cache, in order
+    (a document longer than the room left continues in the next block; positions restart per document).
+    Block boundaries are found once from the lengths; each block is assembled when the Trainer asks."""
+
+    def __init__(self, docs: Any, indices: Any, size: int, counted: bool = False) -> None:
+        self.docs, self.size, self.counted = docs, size, counted
+        lengths = docs.with_format("numpy")["length"]
+        self.indices = [int(i) for i in indices]
+        self.starts: list[tuple[int, int]] = []  # (position in indices, offset in that document) per block
+        room, pos, offset = 0, 0, 0
+        while pos < len(self.indices):
+            if room == 0:
+                self.starts.append((pos, offset))
+                room = size
+            take = min(room, int(lengths[self.indices[pos]]) - offset)
+            room -= take
+            offset += take
+            if offset == int(lengths[self.indices[pos]]):
+                pos, offset = pos + 1, 0
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from medtune.data.packing import COUNT, concat
+
+        pos, offset = self.starts[i]
+        pieces, room = [], self.size
+        while room and pos < len(self.indices):
+            doc = self.docs[self.indices[pos]]
+            ids = doc["input_ids"][offset:offset + room]
+            pieces.append({"input_ids": ids, "labels": ids})
+            room -= len(ids)
+            if offset + len(ids) == doc["length"]:
+                pos, offset = pos + 1, 0
+            else:  # the block is full and the document continues in the next one
+                break
+        row = concat(pieces)
+        if self.counted:
+            row[COUNT] = True
+        return row
+
+
+def _record_ranges(ranges: list[tuple[str, int, int, int]], keys: tuple[str, ...], kto: bool) -> Any:
+    """Prepared rows reduced to the fields a TRL trainer reads (+ the dataset name and a length of 1)."""
+    for path, start, end, _ in ranges:
+        for row in _lines(path, start, end):
+            name = row.get("meta", {}).get("dataset", "")
+            if kto:  # each pair becomes one desirable and one undesirable example
+                for key in ("chosen", "rejected"):
+                    yield {"prompt": row["prompt"], "completion": row[key], "label": key == "chosen",
+                           "dataset": name, "length": 1}
+            elif keys == ("prompt",) and "messages" in row:  # GRPO prompts from conversations
+                yield {"prompt": row["messages"][:-1], "dataset": name, "length": 1}
+            else:
+                yield {**{k: row[k] for k in keys}, "dataset": name, "length": 1}
+
+
+def records(files: list[str], keys: list[str], root: Path, workers: int, kto: bool = False) -> Any:
+    """Prepared rows as a memory-mapped Arrow dataset for the stages TRL tokenises itself (rm, dpo, orpo,
+    simpo, kto: pairs; grpo: prompts), cached like the token ids; TRL's own `map` then caches its ids
+    beside it. Keyed by the files' content and the fields kept."""
+    from datasets import Dataset, load_from_disk
+
+    from medtune.data.io import file_sha256
+
+    h = hashlib.sha256(json.dumps({"keys": keys, "kto": kto, "v": ENCODER_VERSION}).encode())
+    for f in files:
+        h.update(f"{Path(f).name}:{file_sha256(f)}\n".encode())
+    key = h.hexdigest()[:16]
+    folder = root / f"rows-{key}"
+    if _valid(folder, key):
+        log.info("prepared-rows cache hit: %s", folder)
+        return load_from_disk(str(folder / "data"))
+    workers = max(1, workers)
+    with staged(folder) as tmp:
+        ds = Dataset.from_generator(_record_ranges, cache_dir=str(tmp / ".build"),
+                                    num_proc=workers if workers > 1 else None, split="train",
+                                    # a tuple: datasets shards every list in gen_kwargs across processes
+                                    gen_kwargs={"ranges": byte_ranges(files, workers * 4), "keys": tuple(keys),
+                                                "kto": kto})
+        ds.save_to_disk(str(tmp / "data"))
+        del ds
+        shutil.rmtree(tmp / ".build", ignore_errors=True)
+        (tmp / "fingerprint.json").write_text(json.dumps({"key": key, "files": files, "keys": keys}, indent=1))
+    return load_from_disk(str(folder / "data"))
+
+
+def trl_splits(r: Any, keys: list[str], data: Any, kto: bool = False) -> tuple[Any, Any, dict[str, int]]:
+    """Train and eval datasets (Arrow, only the fields TRL reads) split by today's rules (see `split`)."""
+    import numpy as np
+
+    root, workers = cache_root(r.report["output_dir"]), data.num_workers or default_workers()
+    train_files, dev_files = r.files("train"), r.files("dev")
+    if not train_files:
+        return None, None, {"train": 0, "eval": 0}
+    with r.args.main_process_first(desc="prepared rows", local=False):
+        train_all = records(train_files, keys, root, workers)
+        dev = records(dev_files, keys, root, workers) if dev_files else None
+        if kto:  # split by pair (both halves of a pair stay together), then take the pair's two KTO rows
+            kto_train = records(train_files, keys, root, workers, kto=True)
+            kto_dev = records(dev_files, keys, root, workers, kto=True) if dev_files else None
+    train_idx, evals, _ = split(train_all, dev, data)
+    eval_idx = np.sort(np.concatenate(list(evals.values()))) if evals else np.array([], dtype=int)
+    eval_src = dev if dev is not None else train_all
+    if kto:
+        def halves(idx: Any) -> Any:
+            return np.stack([2 * np.asarray(idx), 2 * np.asarray(idx) + 1], axis=1).ravel()
+
+        train_idx, eval_idx = halves(train_idx), halves(eval_idx)
+        train_all, eval_src = kto_train, kto_dev if dev is not None else kto_train
+    drop = ["dataset", "length"]
+    train = train_all.select(train_idx, keep_in_memory=True).remove_columns(drop)
+    ev = eval_src.select(eval_idx, keep_in_memory=True).remove_columns(drop) if len(eval_idx) else None
+    return train, ev, {"train": len(train), "eval": len(ev) if ev is not None else 0}

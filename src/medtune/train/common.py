@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
 from medtune.config import Config, DataConfig
-from medtune.data.encode import IGNORE_INDEX, encode_messages
+from medtune.data.encode import IGNORE_INDEX
 from medtune.data.io import atomic_write_text
-from medtune.data.mixing import mix
-from medtune.data.packing import COUNT, CountingCollator, PackedCollator, pack
+from medtune.data.packing import CountingCollator, PackedCollator
 from medtune.data.templates import ChatTemplate
 from medtune.errors import ConfigError
 
@@ -99,63 +96,11 @@ def _typed(config_class: Any, key: str, value: Any) -> Any:
                           "fields with their types.)") from None
 
 
-def encode_split(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTemplate,
-                 data: DataConfig) -> tuple[list[dict[str, list[int]]], int]:
-    """Encode conversations; return the encoded rows and how many had no supervised token left."""
-    encoded, too_long = [], 0
-    for row in rows:
-        enc = encode_messages(tokenizer, template, row["messages"], data.max_length, data.mask)
-        if enc is None:
-            too_long += 1
-        else:
-            encoded.append(enc)
-    return encoded, too_long
-
-
-def batching(rows: list[dict[str, list[int]]], tokenizer: Any, data: DataConfig) -> tuple[list, CountingCollator]:
-    """Training rows (packed into bins if data.packing) and a collator that measures padding efficiency."""
-    from transformers import DataCollatorForSeq2Seq
-
-    if data.packing:
-        rows, inner = pack(rows, data.max_length), PackedCollator(tokenizer.pad_token_id)
-    else:
-        inner = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-    return [{**r, COUNT: True} for r in rows], CountingCollator(inner)
-
-
-def split_eval(groups: dict[str, list[dict[str, Any]]], data: DataConfig) -> tuple[list, list]:
-    """Train and eval rows: an official dev split if a dataset has one, else `test_size` held out.
-    With `data.mix`, the training rows (never the held-out ones) are then sampled to its ratios."""
-    train, dev = list(groups["train"]), list(groups["dev"])
-    if not dev and data.test_size:
-        n = int(data.test_size) if data.test_size >= 1 else round(len(train) * data.test_size)
-        random.Random(data.seed).shuffle(train)
-        dev, train = train[:n], train[n:]
-    if data.mix:
-        train, counts = mix(train, data.mix, data.mix_size, data.seed)
-        log.info("training mixture: %s", counts)
-    return train, dev
-
-
-def encode_eval(rows: list[dict[str, Any]], tokenizer: Any, template: ChatTemplate,
-                data: DataConfig) -> tuple[Any, int, int]:
-    """Encoded eval rows: one set, or one per dataset when there are several, so the Trainer logs
-    `eval_<dataset>_loss` for each (the forgetting signal of a general:medical mixture).
-    Returns (set or dict of sets, rows encoded, rows with no answer token left)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(r.get("meta", {}).get("dataset", "eval"), []).append(r)
-    encoded = {name: encode_split(g, tokenizer, template, data) for name, g in groups.items()}
-    sets = {name: enc for name, (enc, _) in encoded.items() if enc}
-    count, too_long = sum(len(e) for e in sets.values()), sum(t for _, t in encoded.values())
-    return (sets if len(sets) > 1 else next(iter(sets.values()), [])), count, too_long
-
-
 @dataclasses.dataclass
 class Run:
-    """What every stage starts from: where it writes, its trainer arguments, and its prepared data
-    (files on disk: `encoded` tokenises them into the cached Arrow dataset; the stages that still
-    take rows read them on demand through `train_rows` / `eval_rows`)."""
+    """What every stage starts from: where it writes, its trainer arguments, and its prepared data as
+    files on disk (`encoded`, `pt.text_blocks` and `tokenized.trl_splits` turn them into cached,
+    memory-mapped Arrow datasets: no stage holds the rows in Python lists)."""
 
     out: Path
     args: Any
@@ -168,20 +113,6 @@ class Run:
         def split_of(name: str) -> str:
             return name.rsplit(".", 1)[1] if "." in name else "train"
         return [p for name, p in self.report["files"].items() if split_of(name) == split]
-
-    @functools.cached_property
-    def _rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        from medtune.data.prepare import load_prepared
-
-        return split_eval(load_prepared(self.report), self.data)
-
-    @property
-    def train_rows(self) -> list[dict[str, Any]]:
-        return self._rows[0]
-
-    @property
-    def eval_rows(self) -> list[dict[str, Any]]:
-        return self._rows[1]
 
 
 @dataclasses.dataclass
@@ -198,7 +129,8 @@ class Encoded:
 def encoded(r: Run, tokenizer: Any, template: ChatTemplate, data: DataConfig) -> Encoded:
     """The one data boundary of sft: prepared files → cached, memory-mapped token ids (built once, by the
     main process; other ranks and later runs load it) → train / eval views (split, mixture, packing)."""
-    from medtune.data.tokenized import Rows, cache_root, default_workers, pack_bins, split
+    from medtune.data.packing import pack_bins
+    from medtune.data.tokenized import Rows, cache_root, default_workers, split
     from medtune.data.tokenized import encoded as encode_files
 
     root = cache_root(r.report["output_dir"])
@@ -254,12 +186,16 @@ def start(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> Run:
 
 
 def prepare_once(cfg: Config, args: Any) -> dict[str, Any]:
-    """Prepare the data on the main process only; the other ranks wait, then read its report.
-    (Every rank writing the same streamed files at once would interleave their rows.)"""
-    from medtune.data.prepare import prepare, prepared_dir
+    """Prepare the data on the main process only (or reuse an up-to-date prepared folder); the other
+    ranks wait, then read its report. (Every rank writing the same streamed files at once would
+    interleave their rows.)"""
+    from medtune.data.prepare import prepare, prepared_dir, up_to_date
 
     with args.main_process_first(desc="prepare data", local=False):
         if args.process_index == 0:
+            if report := up_to_date(cfg):
+                log.info("prepared data in %s is up to date (same data config and inputs): reused", report["output_dir"])
+                return report
             return prepare(cfg)
         from medtune.folders import require_complete
 

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from medtune.config import Config
-from medtune.errors import ConfigError, MedtuneError
+from medtune.errors import MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
@@ -38,26 +38,27 @@ TRAINERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
 
 
 def run(cfg: Config, stage: str) -> dict[str, Any]:
-    from datasets import Dataset
     from transformers import set_seed
+
+    from medtune.data.tokenized import trl_splits
 
     trainer_path, config_path, stage_defaults, _ = TRAINERS[stage]
     trainer_cls, config_cls = _import(trainer_path), _import(config_path)
     r = start(cfg, config_cls, max_length=cfg.data.max_length, **stage_defaults)
-    train_rows, eval_rows = _rows(r.train_rows, stage), _rows(r.eval_rows, stage)
+    # Memory-mapped Arrow rows (not Python lists); TRL tokenises them with its own cached `map`.
+    train_rows, eval_rows, _ = trl_splits(r, ["prompt", "chosen", "rejected"], cfg.data, kto=stage == "kto")
     if not train_rows:
         raise MedtuneError(f"No preference pairs to train on; see {r.report['output_dir']}/report.json.")
-    require_eval_split(r.args, bool(eval_rows))
+    require_eval_split(r.args, eval_rows is not None)
 
     model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg),
                                      reward_head=stage == "rm")
     set_seed(r.args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg, task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM")
-    trainer = trainer_cls(model=model, args=r.args, train_dataset=Dataset.from_list(train_rows),
-                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+    trainer = trainer_cls(model=model, args=r.args, train_dataset=train_rows, eval_dataset=eval_rows,
                           processing_class=tokenizer)
-    metrics = _kept(trainer, train_rows, eval_rows, cfg, r.args)
-    return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(metrics.get("eval_pairs", eval_rows)))
+    metrics = _kept(trainer, train_rows, eval_rows or [], cfg, r.args)
+    return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(metrics["eval_pairs"]))
 
 
 def _kept(trainer: Any, train_rows: list, eval_rows: list, cfg: Config, args: Any) -> dict[str, Any]:
@@ -78,18 +79,6 @@ def _kept(trainer: Any, train_rows: list, eval_rows: list, cfg: Config, args: An
                            f"tokens, so there is nothing to evaluate: {hint}, or set train.eval_strategy=no.")
     return {"train_pairs": kept_train, "eval_pairs": kept_eval, "dropped_too_long": dropped,
             "prepared_pairs": {"train": len(train_rows), "eval": len(eval_rows)}}
-
-
-def _rows(rows: list[dict[str, Any]], stage: str) -> list[dict[str, Any]]:
-    """Pairwise examples (meta dropped) in the shape the stage's TRL trainer reads."""
-    if any(not {"prompt", "chosen", "rejected"} <= set(r) for r in rows):
-        raise ConfigError(f"Stage {stage} trains on preference pairs: every dataset must have format "
-                          "`pairwise` (prompt / chosen / rejected); see `medtune ls formats`.")
-    pairs = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
-    if stage != "kto":
-        return pairs
-    return [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
-            for p in pairs for key in ("chosen", "rejected")]
 
 
 def _import(path: str) -> Any:

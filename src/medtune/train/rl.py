@@ -28,28 +28,28 @@ GRPO_DEFAULTS = {"max_completion_length": 64, "num_generations": 4, "per_device_
 
 @STAGES.register("grpo", "RL against the rm stage's reward model (TRL GRPOTrainer; no value model needed)")
 def run(cfg: Config) -> dict[str, Any]:
-    from datasets import Dataset
     from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 
     if not cfg.finetune.reward_model:
         raise ConfigError("Stage grpo needs finetune.reward_model: the train.output_dir of an `rm` run.")
     r = start(cfg, GRPOConfig, **GRPO_DEFAULTS)
-    train_rows, eval_rows = _prompts(r.train_rows), _prompts(r.eval_rows)
+    from medtune.data.tokenized import trl_splits
+
+    train_rows, eval_rows, _ = trl_splits(r, ["prompt"], cfg.data)  # prompts of pairs, or conversations minus the answer
     if not train_rows:
         raise MedtuneError("No prompts to train on.")
-    require_eval_split(r.args, bool(eval_rows))
+    require_eval_split(r.args, eval_rows is not None)
 
     reward_model, reward_tokenizer, _ = load_model(_reward_model_config(cfg), reward_head=True)
     model, tokenizer, _ = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg))
     set_seed(r.args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_model, args=r.args,
-                          train_dataset=Dataset.from_list(train_rows),
-                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                          train_dataset=train_rows, eval_dataset=eval_rows,
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizer)
-    metrics: dict[str, Any] = {"train_prompts": len(train_rows), "eval_prompts": len(eval_rows)}
-    return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(eval_rows))
+    metrics: dict[str, Any] = {"train_prompts": len(train_rows), "eval_prompts": len(eval_rows) if eval_rows else 0}
+    return train_and_save(cfg, trainer, tokenizer, r, metrics, eval_rows is not None)
 
 
 def _reward_model_config(cfg: Config):
@@ -62,16 +62,3 @@ def _reward_model_config(cfg: Config):
     if (rm / "config.json").exists():
         return dataclasses.replace(cfg.model, name_or_path=str(rm), adapters=[])
     raise ConfigError(f"finetune.reward_model {str(rm)!r} holds no reward model: run stage rm first.")
-
-
-def _prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Prompts from preference rows (their prompt) or conversations (all but the last answer)."""
-    out = []
-    for r in rows:
-        if "prompt" in r:
-            out.append({"prompt": r["prompt"]})
-        elif "messages" in r:
-            out.append({"prompt": r["messages"][:-1]})
-        else:
-            raise ConfigError("Stage grpo needs prompts: use `pairwise` or conversation datasets.")
-    return out
