@@ -13,11 +13,14 @@ from medtune.data.tokenized import encode_batch, encoded
 LORA = str(ROOT / "configs/tiny/sft_lora.yaml")
 
 
-def test_batched_encoding_equals_one_row_at_a_time(tiny_tokenizer):
-    template = load_template("chatml")
-    rows = [{"messages": DIALOGUE}, {"messages": DIALOGUE[:2]}, {"messages": [DIALOGUE[0], {"role": "assistant",
-                                                                                          "content": "好" * 400}]}]
-    for mask, max_length in (("all", 512), ("last", 512), ("all", 24), ("all", 3)):
+@pytest.mark.parametrize("name", ["chatml", "qwen", "gemma", "llama2", "chatglm", "vicuna", "medical"])
+def test_batched_encoding_equals_one_row_at_a_time(tiny_tokenizer, name):
+    template = load_template(name)
+    system = [{"role": "system", "content": "你是医生。"}]
+    rows = [{"messages": DIALOGUE}, {"messages": DIALOGUE[:2]}, {"messages": system + DIALOGUE},
+            {"messages": [DIALOGUE[0], {"role": "assistant", "content": "好" * 400}]},
+            {"messages": [{"role": "user", "content": "  空格 "}, {"role": "assistant", "content": " 答\n\n"}]}]
+    for mask, max_length in (("all", 512), ("last", 512), ("all", 24), ("all", 3), ("all", 40)):
         batch = encode_batch(tiny_tokenizer, template, rows, max_length, mask)
         for row, got in zip(rows, batch, strict=True):
             one = encode_messages(tiny_tokenizer, template, row["messages"], max_length, mask)
