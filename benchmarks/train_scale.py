@@ -59,9 +59,9 @@ def main() -> None:
         common = [str(ROOT / "configs/tiny/sft_lora.yaml"), f"train.output_dir={out}", f"data.registries=[{reg}]",
                   "data.datasets=[big]", "data.max_samples=null", "data.test_size=0", f"data.dedup={dedup}",
                   "data.steps=[normalize, {quality: {}}, redact]", f"data.num_workers={args.workers}"]
-        train = ["-m", "medtune", "train", *common, "train.max_steps=2", "train.eval_strategy=no",
+        train = [sys.executable, "-m", "medtune", "train", *common, "train.max_steps=2", "train.eval_strategy=no",
                  "train.save_steps=1000", "train.logging_steps=1"]
-        p_wall, p_rss, _ = timed(["-m", "medtune", "prepare", *common])
+        p_wall, p_rss, _ = timed([sys.executable, "-m", "medtune", "prepare", *common])
         kept = json.loads((out / "data/report.json").read_text())["kept"]
         t_wall, t_rss, t_err = timed(train)
         t_run = json.loads((out / "metrics.json").read_text())["train_runtime"]

@@ -95,3 +95,12 @@ def test_second_run_reuses_the_cache_through_the_cli(tmp_path, capsys, caplog):
     second = json.loads((tmp_path / "metrics.json").read_text())
     assert first["train_loss"] == pytest.approx(second["train_loss"], rel=1e-6)
     assert (first["train_examples"], first["eval_examples"]) == (24, 8)
+
+
+def test_prepare_can_build_the_cache_ahead_of_training(tmp_path, caplog):
+    args = [f"train.output_dir={tmp_path}", "data.max_samples=32", "data.test_size=8"]
+    assert main(["prepare", LORA, *args, "data.tokenize=true"]) == 0
+    assert [p.name.split("-")[0] for p in (tmp_path / "tokenized").iterdir() if not p.name.startswith(".")] == ["sft"]
+    with caplog.at_level("INFO"):
+        assert main(["train", LORA, *args, "train.eval_strategy=no", "train.max_steps=1", "train.save_steps=100"]) == 0
+    assert "is up to date" in caplog.text and "tokenised cache hit" in caplog.text and "tokenising" not in caplog.text

@@ -125,6 +125,10 @@ def _prepare(args: argparse.Namespace) -> int:
     report = prepare(cfg)
     print(f"kept {report['kept']} rows, dropped {sum(report['dropped'].values())} "
           f"{report['dropped'] or ''}; report: {report['output_dir']}/report.json")
+    if cfg.data.tokenize:
+        from medtune.train.common import tokenize_ahead
+
+        print(f"tokenised cache ({cfg.finetune.stage}): {tokenize_ahead(cfg, report)}")
     return 0
 
 

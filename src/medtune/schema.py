@@ -94,6 +94,9 @@ class DataConfig:
     packing: bool = False
     # Processes that tokenise the prepared data into the cached Arrow files (null: the CPUs available).
     num_workers: int | None = None
+    # `medtune prepare` also builds the tokenised cache of finetune.stage (tokenizer only, no model), so a
+    # cluster job starts at step 1; `medtune train` builds it itself when missing.
+    tokenize: bool = False
     # Eval split when no dataset ships an official dev split: a fraction (<1) or a row count.
     test_size: float = 0.0
     max_samples: int | None = None

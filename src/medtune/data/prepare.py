@@ -66,16 +66,23 @@ def prepare(cfg: Config) -> dict[str, Any]:
 
 
 def fingerprint(cfg: Config) -> str:
-    """What the prepared folder depends on: the data config, medtune's version, and every input shard's
-    path, size and modification time (not its content: hashing GBs of input would cost what it saves)."""
+    """What the prepared folder depends on: the data config, the registry entries, medtune's version and
+    rule files, and every input shard's path, size and modification time (not its content: hashing GBs
+    of input would cost what reusing saves)."""
+    import dataclasses
     import hashlib
 
     from medtune import __version__
     from medtune.config import to_dict
 
-    data = {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("num_workers", "output_dir")}
-    h = hashlib.sha256(json.dumps({"data": data, "version": __version__}, sort_keys=True, default=str).encode())
+    data = {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("num_workers", "output_dir", "tokenize")}
+    here = Path(__file__).parent
+    rules = {f: io.file_sha256(here / f) for f in ("pii_rules.yaml", "quality_rules.yaml")}  # the steps' data
+    h = hashlib.sha256(json.dumps({"data": data, "version": __version__, "rules": rules}, sort_keys=True,
+                                  default=str).encode())
     for spec in resolve(cfg.data.datasets, cfg.data.registries):
+        # The registry entry as resolved: a changed column mapping, format option or encoding is a change.
+        h.update(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str).encode())
         for shard in io.shards(spec.path) if "://" not in spec.path else []:
             st = shard.stat()
             h.update(f"{shard}:{st.st_size}:{st.st_mtime_ns}\n".encode())

@@ -385,7 +385,7 @@ def trl_splits(r: Any, keys: list[str], data: Any, kto: bool = False) -> tuple[A
     train_files, dev_files = r.files("train"), r.files("dev")
     if not train_files:
         return None, None, {"train": 0, "eval": 0}
-    with r.args.main_process_first(desc="prepared rows", local=False):
+    with r.main_first("prepared rows"):
         train_all = records(train_files, keys, root, workers)
         dev = records(dev_files, keys, root, workers) if dev_files else None
         if kto:  # split by pair (both halves of a pair stay together), then take the pair's two KTO rows

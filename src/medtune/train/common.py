@@ -108,6 +108,13 @@ class Run:
     report: dict[str, Any]
     data: DataConfig
 
+    def main_first(self, desc: str) -> Any:
+        """The main process works first, the other ranks wait (no trainer arguments: `medtune prepare`)."""
+        import contextlib
+
+        return self.args.main_process_first(desc=desc, local=False) if self.args is not None \
+            else contextlib.nullcontext()
+
     def files(self, split: str) -> list[str]:
         """Prepared files of a split: `dev`, or `train` (every file without a split, and `*.train`)."""
         def split_of(name: str) -> str:
@@ -136,7 +143,7 @@ def encoded(r: Run, tokenizer: Any, template: ChatTemplate, data: DataConfig) ->
     root = cache_root(r.report["output_dir"])
     workers = data.num_workers or default_workers()
     train_files, dev_files = r.files("train"), r.files("dev")
-    with r.args.main_process_first(desc="tokenise", local=False):
+    with r.main_first("tokenise"):
         train_all = encode_files(train_files, tokenizer, template, data.max_length, data.mask, root, workers) \
             if train_files else None
         dev = encode_files(dev_files, tokenizer, template, data.max_length, data.mask, root, workers) \
@@ -354,3 +361,29 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path, eval_before: float 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def tokenize_ahead(cfg: Config, report: dict[str, Any]) -> str:
+    """`medtune prepare` with `data.tokenize: true`: build the tokenised cache of `finetune.stage` now, so a
+    cluster job (every rank, every restart) starts at step 1. Loads the tokenizer only, not the model."""
+    from medtune.data.templates import load_template
+    from medtune.data.tokenized import cache_root, default_workers, records
+    from medtune.model.load import load_tokenizer, resolve_model_path
+
+    template = load_template(cfg.model.template)
+    tokenizer = load_tokenizer(resolve_model_path(cfg.model.name_or_path), template, cfg.model.trust_remote_code)
+    r = Run(Path(report["output_dir"]).parent, None, None, report, cfg.data)
+    stage = cfg.finetune.stage
+    if stage == "sft":
+        encoded(r, tokenizer, template, cfg.data)
+    elif stage == "pt":
+        from medtune.train.pt import text_blocks
+
+        text_blocks(r, tokenizer, template, cfg)
+    else:  # the TRL stages tokenise inside their trainer; their Arrow rows can still be built ahead
+        keys = ["prompt"] if stage == "grpo" else ["prompt", "chosen", "rejected"]
+        for split in ("train", "dev"):
+            if r.files(split):
+                records(r.files(split), keys, cache_root(report["output_dir"]),
+                        cfg.data.num_workers or default_workers(), kto=False)
+    return str(cache_root(report["output_dir"]))

@@ -44,7 +44,7 @@ def text_blocks(r: Any, tokenizer: Any, template: Any, cfg: Config) -> tuple[Any
     workers = cfg.data.num_workers or default_workers()
     root = cache_root(r.report["output_dir"])
     train_files, dev_files = r.files("train"), r.files("dev")
-    with r.args.main_process_first(desc="tokenise", local=False):
+    with r.main_first("tokenise"):
         train_all = documents(train_files, tokenizer, template, root, workers) if train_files else None
         dev = documents(dev_files, tokenizer, template, root, workers) if dev_files else None
     if train_all is None:
