@@ -191,6 +191,28 @@ def test_disk_full_during_the_final_save_is_a_message_and_the_run_is_not_loadabl
         load_model(load_config(LORA, [f"model.name_or_path={out}"]).model)
 
 
+def test_disk_full_in_the_middle_of_an_export_leaves_no_folder(tmp_path, capsys):
+    """Room for the weights (the pre-check passes) but not for the tokenizer and card that follow."""
+    run = tmp_path / "run"
+    assert main(["train", LORA, f"train.output_dir={run}", *QUICK, "train.max_steps=1"]) == 0
+    from medtune.model.tiny import tiny_model_path
+
+    weights = (tiny_model_path("llama") / "model.safetensors").stat().st_size
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    size_kib = int(weights * 1.12) // 1024 + 1
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        assert main(["export", LORA, f"train.output_dir={run}", f"export.output_dir={mnt / 'merged'}"]) == 2
+        err = capsys.readouterr().err
+        assert "no space left on the device" in err and "Traceback" not in err
+        assert list(mnt.iterdir()) == []  # neither a half-written export nor its build folder
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def test_export_checks_room_before_loading(small_disk, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", LORA, f"train.output_dir={run}", *QUICK, "train.max_steps=1"]) == 0

@@ -75,7 +75,13 @@ def test_torn_or_foreign_cache_is_rebuilt_not_used(tmp_path, tiny_tokenizer, cap
     (folder / "COMPLETE").unlink()  # a build killed before its commit
     with caplog.at_level("WARNING"):
         ds = encoded(files, tiny_tokenizer, template, 64, "all", root, workers=1)
-    assert "incomplete or was built from other inputs" in caplog.text and len(ds) == 40
+    assert "incomplete, truncated or was built from other inputs" in caplog.text and len(ds) == 40
+    arrow = next((folder / "data").glob("*.arrow"))  # a shard truncated after the commit
+    arrow.write_bytes(arrow.read_bytes()[:-100])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert len(encoded(files, tiny_tokenizer, template, 64, "all", root, workers=1)) == 40
+    assert "truncated" in caplog.text
     fp = json.loads((folder / "fingerprint.json").read_text())
     (folder / "fingerprint.json").write_text(json.dumps({**fp, "key": "0" * 16}))  # another tokenizer's cache
     caplog.clear()
@@ -104,3 +110,26 @@ def test_prepare_can_build_the_cache_ahead_of_training(tmp_path, caplog):
     with caplog.at_level("INFO"):
         assert main(["train", LORA, *args, "train.eval_strategy=no", "train.max_steps=1", "train.save_steps=100"]) == 0
     assert "is up to date" in caplog.text and "tokenised cache hit" in caplog.text and "tokenising" not in caplog.text
+
+
+def test_train_reprepares_when_the_registry_entry_or_input_changes(tmp_path, caplog):
+    rows = [{"instruction": f"问题{i}", "output": f"回答{i}。"} for i in range(12)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    reg = tmp_path / "reg.yaml"
+    reg.write_text(f"d: {{path: {data}, format: alpaca, license: test}}\n")
+    args = [f"train.output_dir={tmp_path / 'run'}", f"data.registries=[{reg}]", "data.datasets=[d]",
+            "data.test_size=0", "train.eval_strategy=no", "train.max_steps=1", "train.save_steps=100"]
+    assert main(["train", LORA, *args]) == 0
+    reg.write_text(f"d: {{path: {data}, format: alpaca, license: test, columns: {{output: output}}}}\n")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(["train", LORA, *args]) == 0
+    assert "is up to date" not in caplog.text  # another registry entry: prepared again
+    with open(data, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"instruction": "新问题", "output": "新回答。"}, ensure_ascii=False) + "\n")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(["train", LORA, *args]) == 0
+    assert "is up to date" not in caplog.text
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train_examples"] == 13

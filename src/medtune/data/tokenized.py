@@ -180,8 +180,14 @@ def _build(files: list[str], tokenizer: Any, template: Any, settings: dict[str, 
         ds.save_to_disk(str(tmp / "data"))
         del ds
         shutil.rmtree(tmp / ".build", ignore_errors=True)
-        (tmp / "fingerprint.json").write_text(json.dumps({"key": key, "files": files, **settings}, indent=1))
+        (tmp / "fingerprint.json").write_text(json.dumps({"key": key, "files": files, **settings,
+                                                          "sizes": _sizes(tmp / "data")}, indent=1))
     return load_from_disk(str(folder / "data"))
+
+
+def _sizes(data: Path) -> dict[str, int]:
+    """Byte size of every file of a saved dataset: a cache truncated after its commit is caught on load."""
+    return {str(p.relative_to(data)): p.stat().st_size for p in sorted(data.rglob("*")) if p.is_file()}
 
 
 def _valid(folder: Path, key: str) -> bool:
@@ -189,11 +195,14 @@ def _valid(folder: Path, key: str) -> bool:
     if not folder.exists():
         return False
     try:
-        ok = (folder / MARKER).exists() and json.loads((folder / "fingerprint.json").read_text())["key"] == key
+        recorded = json.loads((folder / "fingerprint.json").read_text())
+        ok = (folder / MARKER).exists() and recorded["key"] == key and \
+            recorded.get("sizes", _sizes(folder / "data")) == _sizes(folder / "data")
     except (OSError, ValueError, KeyError):
         ok = False
     if not ok:
-        log.warning("tokenised cache %s is incomplete or was built from other inputs: rebuilding it", folder)
+        log.warning("tokenised cache %s is incomplete, truncated or was built from other inputs: rebuilding it",
+                    folder)
         shutil.rmtree(folder, ignore_errors=True)
     return ok
 
@@ -373,7 +382,8 @@ def records(files: list[str], keys: list[str], root: Path, workers: int, kto: bo
         ds.save_to_disk(str(tmp / "data"))
         del ds
         shutil.rmtree(tmp / ".build", ignore_errors=True)
-        (tmp / "fingerprint.json").write_text(json.dumps({"key": key, "files": files, "keys": keys}, indent=1))
+        (tmp / "fingerprint.json").write_text(json.dumps({"key": key, "files": files, "keys": keys,
+                                                          "sizes": _sizes(tmp / "data")}, indent=1))
     return load_from_disk(str(folder / "data"))
 
 
