@@ -161,13 +161,13 @@ def encoded(files: list[str], tokenizer: Any, template: Any, max_length: int, ma
 
 def _build(files: list[str], tokenizer: Any, template: Any, settings: dict[str, Any], root: Path, workers: int,
            generator: Any, kwargs: dict[str, Any]) -> Any:
-    from datasets import Dataset, Features, Sequence, Value, load_from_disk
+    from datasets import Dataset, Features, Sequence, Value
 
     key = fingerprint(files, tokenizer, template, settings)
     folder = root / f"{settings['stage']}-{key}"
     if _valid(folder, key):
         log.info("tokenised cache hit: %s", folder)
-        return load_from_disk(str(folder / "data"))
+        return _load(folder)
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
                          "length": Value("int32"), "dataset": Value("string")})
     workers = max(1, workers)
@@ -177,12 +177,33 @@ def _build(files: list[str], tokenizer: Any, template: Any, settings: dict[str, 
         ds = Dataset.from_generator(generator, features=features, cache_dir=str(tmp / ".build"),
                                     num_proc=workers if workers > 1 else None,
                                     gen_kwargs={"ranges": ranges, **kwargs}, split="train")
-        ds.save_to_disk(str(tmp / "data"))
-        del ds
-        shutil.rmtree(tmp / ".build", ignore_errors=True)
-        (tmp / "fingerprint.json").write_text(json.dumps({"key": key, "files": files, **settings,
-                                                          "sizes": _sizes(tmp / "data")}, indent=1))
-    return load_from_disk(str(folder / "data"))
+        _commit(ds, tmp, {"key": key, "files": files, **settings})
+    return _load(folder)
+
+
+def _commit(ds: Any, tmp: Path, record: dict[str, Any]) -> None:
+    """Move the Arrow shards the generator wrote into `data/` (no second copy of a GB-sized dataset:
+    `save_to_disk` would rewrite every byte) and record their order and sizes."""
+    parts = [c["filename"] for c in ds.cache_files]
+    del ds
+    (tmp / "data").mkdir()
+    names = []
+    for k, f in enumerate(parts):
+        name = f"part-{k:05d}.arrow"
+        os.replace(f, tmp / "data" / name)
+        names.append(name)
+    shutil.rmtree(tmp / ".build", ignore_errors=True)
+    (tmp / "fingerprint.json").write_text(json.dumps({**record, "parts": names, "sizes": _sizes(tmp / "data")},
+                                                     indent=1))
+
+
+def _load(folder: Path) -> Any:
+    """The committed shards, memory-mapped, in order, as one dataset."""
+    from datasets import Dataset, concatenate_datasets
+
+    parts = json.loads((folder / "fingerprint.json").read_text())["parts"]
+    shards = [Dataset.from_file(str(folder / "data" / p)) for p in parts]
+    return shards[0] if len(shards) == 1 else concatenate_datasets(shards)
 
 
 def _sizes(data: Path) -> dict[str, int]:
@@ -360,7 +381,7 @@ def records(files: list[str], keys: list[str], root: Path, workers: int, kto: bo
     """Prepared rows as a memory-mapped Arrow dataset for the stages TRL tokenises itself (rm, dpo, orpo,
     simpo, kto: pairs; grpo: prompts), cached like the token ids; TRL's own `map` then caches its ids
     beside it. Keyed by the files' content and the fields kept."""
-    from datasets import Dataset, load_from_disk
+    from datasets import Dataset
 
     from medtune.data.io import file_sha256
 
@@ -371,7 +392,7 @@ def records(files: list[str], keys: list[str], root: Path, workers: int, kto: bo
     folder = root / f"rows-{key}"
     if _valid(folder, key):
         log.info("prepared-rows cache hit: %s", folder)
-        return load_from_disk(str(folder / "data"))
+        return _load(folder)
     workers = max(1, workers)
     with staged(folder) as tmp:
         ds = Dataset.from_generator(_record_ranges, cache_dir=str(tmp / ".build"),
@@ -379,12 +400,8 @@ def records(files: list[str], keys: list[str], root: Path, workers: int, kto: bo
                                     # a tuple: datasets shards every list in gen_kwargs across processes
                                     gen_kwargs={"ranges": byte_ranges(files, workers * 4), "keys": tuple(keys),
                                                 "kto": kto})
-        ds.save_to_disk(str(tmp / "data"))
-        del ds
-        shutil.rmtree(tmp / ".build", ignore_errors=True)
-        (tmp / "fingerprint.json").write_text(json.dumps({"key": key, "files": files, "keys": keys,
-                                                          "sizes": _sizes(tmp / "data")}, indent=1))
-    return load_from_disk(str(folder / "data"))
+        _commit(ds, tmp, {"key": key, "files": files, "keys": keys})
+    return _load(folder)
 
 
 def trl_splits(r: Any, keys: list[str], data: Any, kto: bool = False) -> tuple[Any, Any, dict[str, int]]:
