@@ -154,7 +154,7 @@ def encoded(r: Run, tokenizer: Any, template: ChatTemplate, data: DataConfig) ->
     eval_src = dev if dev is not None else train_all
     views = {name: Rows(eval_src, idx) for name, idx in evals.items()}
     if data.packing:
-        lengths = train_all.with_format("numpy")["length"]
+        lengths = train_all.data.column("length").to_numpy()  # the column alone, not the rows
         bins = pack_bins([lengths[int(i)] for i in train_idx], data.max_length)
     else:
         bins = None
