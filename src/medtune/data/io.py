@@ -136,21 +136,12 @@ def read_json_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tup
                             "Fix the file or convert it to JSON Lines (one object per line).") from None
         yield from ((i + 1, r) for i, r in enumerate(records))
         return
-    with open_binary(p) as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError:
-                decode(raw, f"{p}", encoding, first_line=lineno)  # raises, naming a likely encoding
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}, line {lineno}, column {e.colno}: invalid JSON ({e.msg}). Each line of a "
-                                "JSON Lines file must be one complete JSON object.") from None
+    for lineno, line in _lines(p, encoding):
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}, line {lineno}, column {e.colno}: invalid JSON ({e.msg}). Each line of a "
+                            "JSON Lines file must be one complete JSON object.") from None
 
 
 def read_csv_records(path: str | Path, encoding: str = "utf-8",
@@ -194,14 +185,22 @@ def read_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
     p = Path(path)
     if not p.exists():
         read_text(p, encoding)  # raises the file-not-found message
+    for lineno, line in _lines(p, encoding):
+        yield lineno, line.strip()
+
+
+def _lines(p: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    """(line number, decoded line) for each non-blank line, streamed (plain, .gz or .zst); a byte that
+    does not decode raises with the line and a likely encoding; a leading BOM is dropped."""
     with open_binary(p) as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError:
                 decode(raw, f"{p}", encoding, first_line=lineno)  # raises, naming a likely encoding
-            line = (line.removeprefix("\ufeff") if lineno == 1 else line).strip()
-            if line:
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            if line.strip():
                 yield lineno, line
 
 
