@@ -41,7 +41,8 @@ def test_pretraining_blocks_keep_documents_apart(tmp_path):
     from transformers import AutoTokenizer
 
     from medtune.data.templates import load_template
-    from medtune.data.tokenized import Blocks, documents
+    from medtune.data.tokenized import documents
+    from medtune.data.views import Blocks
     from medtune.model.tiny import tiny_model_path
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path("llama"))

@@ -45,8 +45,7 @@ def run(cfg: Config) -> Path:
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     base = model_cfg.name_or_path
-    record = lineage.for_export(lineage.norm(base) if Path(base).is_dir() else base, model_cfg.adapters, out,
-                                template.name, lineage.arch_of(model.config))
+    record = lineage.for_export(base, model_cfg.adapters, out, template.name, lineage.arch_of(model.config))
     metrics = _read_json(Path(model_cfg.adapters[-1] if model_cfg.adapters else base) / "metrics.json")
     # Built in a hidden sibling and swapped in whole: a kill or a full disk leaves the previous export.
     with staged(out) as tmp:

@@ -12,7 +12,7 @@ never used, and a cache whose fingerprint file disagrees with its key is rebuilt
 
 Rows are encoded exactly as `encode.encode_messages` does one at a time (same text, same offsets,
 same labels); a row with no supervised token within max_length is kept as an empty row so the
-split below sees the same row numbers, then filtered and counted.
+split (`medtune.data.views`) sees the same row numbers, then filtered and counted.
 """
 
 from __future__ import annotations
@@ -43,11 +43,7 @@ def default_workers() -> int:
 
 def fingerprint(files: list[str], tokenizer: Any, template: Any, settings: dict[str, Any]) -> str:
     """sha256 over the inputs of the encoding (16 hex)."""
-    from medtune.data.io import file_sha256
-
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{Path(f).name}:{file_sha256(f)}\n".encode())
+    h = _digest(files)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
     h.update(json.dumps(special_tokens(tokenizer), sort_keys=True).encode())
@@ -56,21 +52,31 @@ def fingerprint(files: list[str], tokenizer: Any, template: Any, settings: dict[
     return h.hexdigest()[:16]
 
 
+def _digest(files: list[str], *parts: Any) -> Any:
+    """A sha256 over the prepared files' content (and `parts`), to be extended by the caller."""
+    from medtune.data.io import file_sha256
+
+    h = hashlib.sha256(json.dumps([*parts, ENCODER_VERSION], sort_keys=True).encode())
+    for f in files:
+        h.update(f"{Path(f).name}:{file_sha256(f)}\n".encode())
+    return h
+
+
 def cache_root(prepared: str | Path) -> Path:
     """Where tokenised caches live: beside the prepared data (every rank sees the run's folder)."""
     return Path(prepared).parent / "tokenized"
 
 
-def byte_ranges(files: list[str], parts: int) -> list[tuple[str, int, int, int]]:
-    """(file, start, end, index) ranges of roughly equal size; a range starts after a newline."""
+def byte_ranges(files: list[str], parts: int) -> list[tuple[str, int, int]]:
+    """(file, start, end) ranges of roughly equal size; a line belongs to the range its first byte is in."""
     sizes = [(f, os.path.getsize(f)) for f in files]
     total = sum(s for _, s in sizes) or 1
-    out: list[tuple[str, int, int, int]] = []
+    out: list[tuple[str, int, int]] = []
     for f, size in sizes:
         n = max(1, round(parts * size / total))
         step = max(1, -(-size // n))
-        out += [(f, a, min(a + step, size), 0) for a in range(0, max(size, 1), step)]
-    return [(f, a, b, i) for i, (f, a, b, _) in enumerate(out)]
+        out += [(f, a, min(a + step, size)) for a in range(0, max(size, 1), step)]
+    return out
 
 
 def _lines(path: str, start: int, end: int) -> Any:
@@ -138,17 +144,23 @@ def _row(enc: dict[str, list[int]] | None, row: dict[str, Any]) -> dict[str, Any
     return {"input_ids": ids, "labels": labels, "length": len(ids), "dataset": row.get("meta", {}).get("dataset", "")}
 
 
-def _encode_ranges(ranges: list[tuple[str, int, int, int]], tokenizer: Any, template: Any, max_length: int,
-                   mask: str) -> Any:
-    for path, start, end, _ in ranges:
+def _batches(ranges: list[tuple[str, int, int]]) -> Any:
+    """The rows of `ranges`, BATCH at a time (a tokenizer call per batch)."""
+    for path, start, end in ranges:
         batch: list[dict[str, Any]] = []
         for row in _lines(path, start, end):
             batch.append(row)
             if len(batch) == BATCH:
-                yield from encode_batch(tokenizer, template, batch, max_length, mask)
+                yield batch
                 batch = []
         if batch:
-            yield from encode_batch(tokenizer, template, batch, max_length, mask)
+            yield batch
+
+
+def _encode_ranges(ranges: list[tuple[str, int, int]], tokenizer: Any, template: Any, max_length: int,
+                   mask: str) -> Any:
+    for batch in _batches(ranges):
+        yield from encode_batch(tokenizer, template, batch, max_length, mask)
 
 
 def encoded(files: list[str], tokenizer: Any, template: Any, max_length: int, mask: str, root: Path,
@@ -161,23 +173,31 @@ def encoded(files: list[str], tokenizer: Any, template: Any, max_length: int, ma
 
 def _build(files: list[str], tokenizer: Any, template: Any, settings: dict[str, Any], root: Path, workers: int,
            generator: Any, kwargs: dict[str, Any]) -> Any:
-    from datasets import Dataset, Features, Sequence, Value
+    from datasets import Features, Sequence, Value
 
-    key = fingerprint(files, tokenizer, template, settings)
-    folder = root / f"{settings['stage']}-{key}"
+    features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
+                         "length": Value("int32"), "dataset": Value("string")})
+    return _cached(root / f"{settings['stage']}-{fingerprint(files, tokenizer, template, settings)}", files, workers,
+                   generator, kwargs, {"files": files, **settings}, features)
+
+
+def _cached(folder: Path, files: list[str], workers: int, generator: Any, kwargs: dict[str, Any],
+            record: dict[str, Any], features: Any = None) -> Any:
+    """The dataset committed in `folder` (named by its fingerprint), or built there from `generator` over
+    byte ranges of `files` by `workers` processes, built aside and committed with its marker."""
+    from datasets import Dataset
+
+    key = folder.name.rsplit("-", 1)[1]
     if _valid(folder, key):
         log.info("tokenised cache hit: %s", folder)
         return _load(folder)
-    features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
-                         "length": Value("int32"), "dataset": Value("string")})
     workers = max(1, workers)
-    ranges = byte_ranges(files, parts=workers * 4)
     log.info("tokenising %d file(s) with %d worker(s) into %s", len(files), workers, folder)
     with staged(folder) as tmp:
         ds = Dataset.from_generator(generator, features=features, cache_dir=str(tmp / ".build"),
-                                    num_proc=workers if workers > 1 else None,
-                                    gen_kwargs={"ranges": ranges, **kwargs}, split="train")
-        _commit(ds, tmp, {"key": key, "files": files, **settings})
+                                    num_proc=workers if workers > 1 else None, split="train",
+                                    gen_kwargs={"ranges": byte_ranges(files, parts=workers * 4), **kwargs})
+        _commit(ds, tmp, {"key": key, **record})
     return _load(folder)
 
 
@@ -217,8 +237,7 @@ def _valid(folder: Path, key: str) -> bool:
         return False
     try:
         recorded = json.loads((folder / "fingerprint.json").read_text())
-        ok = (folder / MARKER).exists() and recorded["key"] == key and \
-            recorded.get("sizes", _sizes(folder / "data")) == _sizes(folder / "data")
+        ok = (folder / MARKER).exists() and recorded["key"] == key and recorded["sizes"] == _sizes(folder / "data")
     except (OSError, ValueError, KeyError):
         ok = False
     if not ok:
@@ -228,96 +247,16 @@ def _valid(folder: Path, key: str) -> bool:
     return ok
 
 
-class Rows:
-    """A map-style view the Trainer reads lazily: rows `indices` of an encoded Arrow dataset, or packed
-    bins of them (each bin concatenated on access). Nothing is copied into Python lists up front, so
-    memory stays flat in the number of rows; `counted` marks training rows for the CountingCollator."""
-
-    def __init__(self, ds: Any, indices: Any, bins: list[list[int]] | None = None, counted: bool = False) -> None:
-        self.ds, self.indices, self.bins, self.counted = ds, indices, bins, counted
-
-    def __len__(self) -> int:
-        return len(self.bins) if self.bins is not None else len(self.indices)
-
-    def _row(self, j: int) -> dict[str, list[int]]:
-        r = self.ds[int(j)]
-        return {"input_ids": r["input_ids"], "labels": r["labels"]}
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from medtune.data.packing import COUNT, concat
-
-        if self.bins is not None:
-            row: dict[str, Any] = concat([self._row(self.indices[j]) for j in self.bins[i]])
-        else:
-            row = self._row(self.indices[i])
-            row["attention_mask"] = [1] * len(row["input_ids"])
-        if self.counted:
-            row[COUNT] = True
-        return row
-
-
-def _column(ds: Any, name: str) -> Any:
-    """One column as a numpy array, read from its Arrow buffers alone. (Indexing `ds.with_format("numpy")
-    [name]` with an index array gathers whole rows, token ids included: 750 MiB at a million rows.)"""
-    column = ds.data.column(name)
-    return column.to_numpy() if name == "length" else column.to_numpy(zero_copy_only=False)
-
-
-def split(train_all: Any, dev: Any | None, data: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """Train and eval row indices with today's rules: an official dev split wins, else `test_size` rows
-    held out (seeded permutation, before the too-long rows are removed, so the split does not depend on
-    the tokenizer); `data.mix` samples the training rows. Returns (train idx, {dataset: eval idx}, counts)."""
-    import numpy as np
-
-    lengths = _column(train_all, "length")
-    if dev is None and data.test_size:
-        n = int(data.test_size) if data.test_size >= 1 else round(len(train_all) * data.test_size)
-        perm = np.random.default_rng(data.seed).permutation(len(train_all))
-        held, train_idx, eval_src = perm[:n], perm[n:], train_all
-    else:
-        held, train_idx, eval_src = None, np.arange(len(train_all)), dev
-    too_long = {"train": int((lengths[train_idx] == 0).sum())}
-    train_idx = train_idx[lengths[train_idx] > 0]
-    if data.mix:
-        from medtune.data.mixing import mix_indices
-
-        names = _column(train_all, "dataset")[train_idx]
-        groups = {str(name): train_idx[names == name].tolist() for name in np.unique(names)}
-        train_idx, counts = mix_indices(groups, data.mix, data.mix_size, data.seed)
-        log.info("training mixture: %s", counts)
-    evals: dict[str, Any] = {}
-    if eval_src is not None:
-        idx = held if held is not None else np.arange(len(eval_src))
-        ev_len = _column(eval_src, "length")
-        too_long["eval"] = int((ev_len[idx] == 0).sum())
-        idx = idx[ev_len[idx] > 0]
-        names = _column(eval_src, "dataset")[idx]
-        evals = {str(name): idx[names == name] for name in np.unique(names)}
-    too_long.setdefault("eval", 0)
-    return train_idx, evals, too_long
-
-
-def _doc_ranges(ranges: list[tuple[str, int, int, int]], tokenizer: Any) -> Any:
+def _doc_ranges(ranges: list[tuple[str, int, int]], tokenizer: Any) -> Any:
     """Documents → token ids (+ EOS, BOS when the tokenizer adds one), a batch per tokenizer call."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) \
         else []
-    for path, start, end, _ in ranges:
-        batch: list[dict[str, Any]] = []
-
-        def flush(rows: list[dict[str, Any]]) -> Any:
-            for row, ids in zip(rows, tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"],
-                                strict=True):
-                full = [*bos, *ids, tokenizer.eos_token_id]
-                yield {"input_ids": full, "labels": full, "length": len(full),
-                       "dataset": row.get("meta", {}).get("dataset", "")}
-
-        for row in _lines(path, start, end):
-            batch.append(row)
-            if len(batch) == BATCH:
-                yield from flush(batch)
-                batch = []
-        if batch:
-            yield from flush(batch)
+    for batch in _batches(ranges):
+        for row, ids in zip(batch, tokenizer([r["text"] for r in batch], add_special_tokens=False)["input_ids"],
+                            strict=True):
+            full = [*bos, *ids, tokenizer.eos_token_id]
+            yield {"input_ids": full, "labels": full, "length": len(full),
+                   "dataset": row.get("meta", {}).get("dataset", "")}
 
 
 def documents(files: list[str], tokenizer: Any, template: Any, root: Path, workers: int) -> Any:
@@ -325,53 +264,9 @@ def documents(files: list[str], tokenizer: Any, template: Any, root: Path, worke
     return _build(files, tokenizer, template, {"stage": "pt"}, root, workers, _doc_ranges, {"tokenizer": tokenizer})
 
 
-class Blocks:
-    """Pretraining blocks of exactly `size` tokens over documents `indices` of a tokenised cache, in order
-    (a document longer than the room left continues in the next block; positions restart per document).
-    Block boundaries are found once from the lengths; each block is assembled when the Trainer asks."""
-
-    def __init__(self, docs: Any, indices: Any, size: int, counted: bool = False) -> None:
-        self.docs, self.size, self.counted = docs, size, counted
-        lengths = _column(docs, "length")
-        self.indices = [int(i) for i in indices]
-        self.starts: list[tuple[int, int]] = []  # (position in indices, offset in that document) per block
-        room, pos, offset = 0, 0, 0
-        while pos < len(self.indices):
-            if room == 0:
-                self.starts.append((pos, offset))
-                room = size
-            take = min(room, int(lengths[self.indices[pos]]) - offset)
-            room -= take
-            offset += take
-            if offset == int(lengths[self.indices[pos]]):
-                pos, offset = pos + 1, 0
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from medtune.data.packing import COUNT, concat
-
-        pos, offset = self.starts[i]
-        pieces, room = [], self.size
-        while room and pos < len(self.indices):
-            doc = self.docs[self.indices[pos]]
-            ids = doc["input_ids"][offset:offset + room]
-            pieces.append({"input_ids": ids, "labels": ids})
-            room -= len(ids)
-            if offset + len(ids) == doc["length"]:
-                pos, offset = pos + 1, 0
-            else:  # the block is full and the document continues in the next one
-                break
-        row = concat(pieces)
-        if self.counted:
-            row[COUNT] = True
-        return row
-
-
-def _record_ranges(ranges: list[tuple[str, int, int, int]], keys: tuple[str, ...], kto: bool) -> Any:
+def _record_ranges(ranges: list[tuple[str, int, int]], keys: tuple[str, ...], kto: bool) -> Any:
     """Prepared rows reduced to the fields a TRL trainer reads (+ the dataset name and a length of 1)."""
-    for path, start, end, _ in ranges:
+    for path, start, end in ranges:
         for row in _lines(path, start, end):
             name = row.get("meta", {}).get("dataset", "")
             if kto:  # each pair becomes one desirable and one undesirable example
@@ -388,53 +283,7 @@ def records(files: list[str], keys: list[str], root: Path, workers: int, kto: bo
     """Prepared rows as a memory-mapped Arrow dataset for the stages TRL tokenises itself (rm, dpo, orpo,
     simpo, kto: pairs; grpo: prompts), cached like the token ids; TRL's own `map` then caches its ids
     beside it. Keyed by the files' content and the fields kept."""
-    from datasets import Dataset
-
-    from medtune.data.io import file_sha256
-
-    h = hashlib.sha256(json.dumps({"keys": keys, "kto": kto, "v": ENCODER_VERSION}).encode())
-    for f in files:
-        h.update(f"{Path(f).name}:{file_sha256(f)}\n".encode())
-    key = h.hexdigest()[:16]
-    folder = root / f"rows-{key}"
-    if _valid(folder, key):
-        log.info("prepared-rows cache hit: %s", folder)
-        return _load(folder)
-    workers = max(1, workers)
-    with staged(folder) as tmp:
-        ds = Dataset.from_generator(_record_ranges, cache_dir=str(tmp / ".build"),
-                                    num_proc=workers if workers > 1 else None, split="train",
-                                    # a tuple: datasets shards every list in gen_kwargs across processes
-                                    gen_kwargs={"ranges": byte_ranges(files, workers * 4), "keys": tuple(keys),
-                                                "kto": kto})
-        _commit(ds, tmp, {"key": key, "files": files, "keys": keys})
-    return _load(folder)
-
-
-def trl_splits(r: Any, keys: list[str], data: Any, kto: bool = False) -> tuple[Any, Any, dict[str, int]]:
-    """Train and eval datasets (Arrow, only the fields TRL reads) split by today's rules (see `split`)."""
-    import numpy as np
-
-    root, workers = cache_root(r.report["output_dir"]), data.num_workers or default_workers()
-    train_files, dev_files = r.files("train"), r.files("dev")
-    if not train_files:
-        return None, None, {"train": 0, "eval": 0}
-    with r.main_first("prepared rows"):
-        train_all = records(train_files, keys, root, workers)
-        dev = records(dev_files, keys, root, workers) if dev_files else None
-        if kto:  # split by pair (both halves of a pair stay together), then take the pair's two KTO rows
-            kto_train = records(train_files, keys, root, workers, kto=True)
-            kto_dev = records(dev_files, keys, root, workers, kto=True) if dev_files else None
-    train_idx, evals, _ = split(train_all, dev, data)
-    eval_idx = np.sort(np.concatenate(list(evals.values()))) if evals else np.array([], dtype=int)
-    eval_src = dev if dev is not None else train_all
-    if kto:
-        def halves(idx: Any) -> Any:
-            return np.stack([2 * np.asarray(idx), 2 * np.asarray(idx) + 1], axis=1).ravel()
-
-        train_idx, eval_idx = halves(train_idx), halves(eval_idx)
-        train_all, eval_src = kto_train, kto_dev if dev is not None else kto_train
-    drop = ["dataset", "length"]
-    train = train_all.select(train_idx, keep_in_memory=True).remove_columns(drop)
-    ev = eval_src.select(eval_idx, keep_in_memory=True).remove_columns(drop) if len(eval_idx) else None
-    return train, ev, {"train": len(train), "eval": len(ev) if ev is not None else 0}
+    key = _digest(files, {"keys": keys, "kto": kto}).hexdigest()[:16]
+    # a tuple: datasets shards every list in gen_kwargs across processes
+    return _cached(root / f"rows-{key}", files, workers, _record_ranges, {"keys": tuple(keys), "kto": kto},
+                   {"files": files, "keys": keys})

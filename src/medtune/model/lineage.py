@@ -74,6 +74,7 @@ def for_run(base: str, chain: list[str], continued: str | None, out: Path, kind:
     `chain` is what was applied before training (merged, then `continued` kept training if set);
     `kind` is "adapter" (LoRA family, prefix/ptuning) or "full" (weights written whole).
     """
+    base = norm(base) if _is_folder(base) else base
     merged = [c for c in chain if c != continued]
     parents = [*merged, *([continued] if continued else [])]
     if _is_folder(base):
@@ -93,12 +94,8 @@ def for_run(base: str, chain: list[str], continued: str | None, out: Path, kind:
 
 def for_export(base: str, chain: list[str], out: Path, template: str, arch: dict[str, Any]) -> dict[str, Any]:
     """An exported folder: full weights that absorb the whole chain (and what the base absorbed)."""
-    earlier = [d for p in [*chain, *([norm(base)] if _is_folder(base) else [])] for d in read(p).get("datasets", [])]
-    absorbs = set(chain) | set(read(base).get("absorbs", []) if _is_folder(base) else [])
-    for c in chain:
-        absorbs |= set(read(c).get("absorbs", []))
-    return {"base": base, "arch": arch, "kind": "full", "stage": "export", "method": "merge", "template": template,
-            "requires": [], "absorbs": sorted(absorbs), "datasets": _unique(earlier), "exported_to": norm(out)}
+    record = for_run(base, chain, None, out, "full", "export", "merge", template, arch, datasets=[])
+    return {**record, "exported_to": norm(out)}
 
 
 def write(folder: Path, record: dict[str, Any]) -> None:

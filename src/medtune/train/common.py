@@ -137,8 +137,9 @@ def encoded(r: Run, tokenizer: Any, template: ChatTemplate, data: DataConfig) ->
     """The one data boundary of sft: prepared files → cached, memory-mapped token ids (built once, by the
     main process; other ranks and later runs load it) → train / eval views (split, mixture, packing)."""
     from medtune.data.packing import pack_bins
-    from medtune.data.tokenized import Rows, cache_root, default_workers, split
+    from medtune.data.tokenized import cache_root, default_workers
     from medtune.data.tokenized import encoded as encode_files
+    from medtune.data.views import Rows, split
 
     root = cache_root(r.report["output_dir"])
     workers = data.num_workers or default_workers()
@@ -304,7 +305,7 @@ def train_and_save(cfg: Config, trainer: Any, tokenizer: Any, r: Run, metrics: d
 
 def run_lineage(cfg: Config, model: Any, report: dict[str, Any]) -> dict[str, Any]:
     """What this run's weights will contain: which adapters were merged or continued, every dataset."""
-    from medtune.model.lineage import arch_of, for_run, norm
+    from medtune.model.lineage import arch_of, for_run
     from medtune.model.load import training_plan
 
     merged, continued = training_plan(cfg)
@@ -312,9 +313,7 @@ def run_lineage(cfg: Config, model: Any, report: dict[str, Any]) -> dict[str, An
     chain = [*merged, *([continued] if continued else [])]
     datasets = [{"name": name, "license": d.get("license"), "source": d.get("source"), "kept": d.get("kept")}
                 for name, d in report.get("datasets", {}).items()]
-    base = cfg.model.name_or_path
-    base = norm(base) if Path(base).is_dir() else base
-    return for_run(base, chain, continued, cfg.output_dir, kind, cfg.finetune.stage, cfg.finetune.method,
+    return for_run(cfg.model.name_or_path, chain, continued, cfg.output_dir, kind, cfg.finetune.stage, cfg.finetune.method,
                    cfg.model.template, arch_of(model.config), datasets)
 
 

@@ -40,7 +40,7 @@ TRAINERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
 def run(cfg: Config, stage: str) -> dict[str, Any]:
     from transformers import set_seed
 
-    from medtune.data.tokenized import trl_splits
+    from medtune.data.views import trl_splits
 
     trainer_path, config_path, stage_defaults, _ = TRAINERS[stage]
     trainer_cls, config_cls = _import(trainer_path), _import(config_path)

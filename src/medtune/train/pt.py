@@ -39,7 +39,8 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def text_blocks(r: Any, tokenizer: Any, template: Any, cfg: Config) -> tuple[Any, Any, int]:
     """Train and eval blocks over the tokenised document cache (built once, memory-mapped)."""
-    from medtune.data.tokenized import Blocks, cache_root, default_workers, documents, split
+    from medtune.data.tokenized import cache_root, default_workers, documents
+    from medtune.data.views import Blocks, split
 
     workers = cfg.data.num_workers or default_workers()
     root = cache_root(r.report["output_dir"])

@@ -34,7 +34,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if not cfg.finetune.reward_model:
         raise ConfigError("Stage grpo needs finetune.reward_model: the train.output_dir of an `rm` run.")
     r = start(cfg, GRPOConfig, **GRPO_DEFAULTS)
-    from medtune.data.tokenized import trl_splits
+    from medtune.data.views import trl_splits
 
     train_rows, eval_rows, _ = trl_splits(r, ["prompt"], cfg.data)  # prompts of pairs, or conversations minus the answer
     if not train_rows:
