@@ -1,10 +1,15 @@
 """Deduplication and decontamination: one index per run, shared across all datasets of a config.
 
-Exact duplicates are found by a hash of the normalised text (case, whitespace and punctuation
-removed, so 头痛怎么办？ and 头痛 怎么办? collide). Near duplicates are found by MinHash LSH over
-character n-grams (datasketch): word-free, so it suits Chinese, and a few changed characters or
-rephrased punctuation keep the Jaccard similarity above the threshold. The first occurrence is kept
-(streaming; datasets are read in config order) and every dropped row records which row it duplicates.
+The rule, the same for `data.engine: local` (in this process) and `datatrove` (scaled out): rows are
+taken in config order (datasets, their shards, their lines) after the cleaning steps, and a row is a
+duplicate when an EARLIER row has
+- the same normalised text (case, whitespace and punctuation removed, so 头痛怎么办？ and 头痛 怎么办?
+  collide): `duplicate_exact`, or
+- the same value in one of the MinHash LSH bands over character n-grams (word-free, so it suits
+  Chinese; Jaccard similarity ≥ `threshold` collides with high probability): `duplicate_near`.
+`duplicate_of` names the earliest such row. "Earlier row", not "earlier kept row": the decision for
+each band bucket is local (everything after the bucket's first row), so it partitions across machines
+and needs no global state; a row that bridges two kept rows is dropped without unkeeping either.
 
 GroupSplitter assigns train / dev / test by question group, exact and near-duplicate questions together.
 
@@ -22,10 +27,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medtune.data.steps import texts
 from medtune.errors import ConfigError, DataError
 
 _STRIP = re.compile(r"[\W_]+", re.UNICODE)
+PRIME = np.uint64((1 << 61) - 1)  # the Mersenne prime of the universal hash family (as in datatrove)
 
 
 def normalise(text: str) -> str:
@@ -37,36 +45,88 @@ def grams(text: str, n: int) -> set[str]:
     return {t[i:i + n] for i in range(max(1, len(t) - n + 1))} if t else set()
 
 
+def band_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) with bands × rows ≤ num_perm minimising the false-positive plus
+    false-negative area of the LSH S-curve around `threshold` (datasketch's choice, equal weights)."""
+    s = np.linspace(0, 1, 401)
+    best, params = None, (1, num_perm)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            p = 1 - (1 - s ** r) ** b  # probability that a pair of similarity s shares a band
+            err = np.trapezoid(np.where(s < threshold, p, 0), s) + np.trapezoid(np.where(s >= threshold, 1 - p, 0), s)
+            if best is None or err < best:
+                best, params = err, (b, r)
+    return params
+
+
+class MinHasher:
+    """MinHash band signatures: character `ngram`-grams of the normalised text, each hashed to 64 bits
+    (blake2b), permuted by `(a·x + b) mod 2^61−1` with seeded parameters. Deterministic across processes
+    and machines, so the scaled-out engine computes exactly the bands of the in-process one."""
+
+    def __init__(self, threshold: float = 0.8, ngram: int = 5, num_perm: int = 64, seed: int = 1) -> None:
+        if not 0 < threshold < 1 or ngram < 1 or num_perm < 2:
+            raise ConfigError(f"data.dedup: threshold must be in (0, 1), ngram ≥ 1, num_perm ≥ 2; got "
+                              f"threshold={threshold}, ngram={ngram}, num_perm={num_perm}.")
+        self.ngram = ngram
+        self.bands, self.rows = band_params(threshold, num_perm)
+        gen = np.random.RandomState(seed)
+        size = self.bands * self.rows
+        self.a = gen.randint(1, PRIME, dtype=np.uint64, size=size)
+        self.b = gen.randint(0, PRIME, dtype=np.uint64, size=size)
+
+    def signature(self, text: str) -> np.ndarray:
+        """(bands, rows) uint64, every value below 2^61−1. A text without n-grams hashes one empty gram."""
+        shingles = np.fromiter((int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little")
+                                for g in grams(text, self.ngram) or {""}), dtype=np.uint64)
+        with np.errstate(over="ignore"):  # the products wrap modulo 2^64, as the hash family intends
+            values = (shingles[:, None] * self.a + self.b) % PRIME
+        return values.min(axis=0).reshape(self.bands, self.rows)
+
+
+def exact_band(text: str, rows: int) -> np.ndarray:
+    """The normalised text's digest as one more band of `rows` values (the exact-duplicate bucket)."""
+    digest = hashlib.blake2b(normalise(text).encode(), digest_size=16).digest()  # 122 bits after the modulo
+    band = np.zeros(rows, dtype=np.uint64)
+    values = np.frombuffer(digest, dtype="<u8") % PRIME
+    band[:min(rows, 2)] = values[:rows]
+    return band
+
+
 class Deduper:
+    """In-process duplicate index (memory ≈ one entry per row and band: for small and mid-size data;
+    `data.engine: datatrove` keeps the bands on disk)."""
+
     def __init__(self, exact: bool = True, near: bool = False, threshold: float = 0.8, ngram: int = 5,
                  num_perm: int = 64, on: str = "example") -> None:
         if on not in ("example", "question"):
             raise ConfigError(f"data.dedup.on must be example or question; got {on!r}.")
-        self.exact, self.near, self.ngram, self.num_perm, self.on = exact, near, ngram, num_perm, on
-        self.seen: dict[bytes, str] = {}
-        self.lsh = None
-        if near:
-            try:
-                from datasketch import MinHash, MinHashLSH
-            except ImportError:
-                raise ConfigError("data.dedup.near needs datasketch: pip install 'medtune[data]'.") from None
-            self.lsh, self.minhash = MinHashLSH(threshold=threshold, num_perm=num_perm), MinHash
-        self.count = 0
+        self.exact, self.near, self.on = exact, near, on
+        self.hasher = MinHasher(threshold, ngram, num_perm) if near else None
+        self.rows = self.hasher.rows if self.hasher else 2
+        self.first: dict[bytes, tuple[int, str]] = {}  # band key → (order, reference) of its first row
+        self.count = 0  # rows checked
+
+    def bands(self, key_text: str) -> list[tuple[str, np.ndarray]]:
+        """(reason, band) for every bucket this text falls in: the exact one first, then the MinHash bands."""
+        out = [("duplicate_exact", exact_band(key_text, self.rows))] if self.exact else []
+        if self.hasher is not None:
+            out += [("duplicate_near", band) for band in self.hasher.signature(key_text)]
+        return out
 
     def check(self, key_text: str, where: str) -> tuple[str, str] | None:
-        """(reason, where of the kept row it duplicates), or None and the row is indexed as kept."""
-        digest = hashlib.blake2b(normalise(key_text).encode(), digest_size=12).digest()
-        if self.exact and digest in self.seen:
-            return "duplicate_exact", self.seen[digest]
-        if self.lsh is not None:
-            mh = self.minhash(num_perm=self.num_perm)
-            mh.update_batch([g.encode() for g in grams(key_text, self.ngram)])
-            hits = self.lsh.query(mh)
-            if hits:
-                return "duplicate_near", hits[0]
-            self.lsh.insert(where, mh)
-        self.seen[digest] = where
+        """(reason, reference of the earliest earlier row it duplicates), or None. Every row is indexed."""
+        found: dict[str, tuple[int, str]] = {}
+        for i, (reason, band) in enumerate(self.bands(key_text)):
+            key = i.to_bytes(2, "little") + band.tobytes()
+            if (hit := self.first.get(key)) is None:
+                self.first[key] = (self.count, where)
+            elif reason not in found or hit < found[reason]:
+                found[reason] = hit
         self.count += 1
+        for reason in ("duplicate_exact", "duplicate_near"):  # an exact copy is reported as exact
+            if reason in found:
+                return reason, found[reason][1]
         return None
 
 

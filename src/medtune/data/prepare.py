@@ -17,6 +17,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any
 
 from medtune.config import Config, dump_config
@@ -27,6 +28,7 @@ from medtune.data.datasets import DatasetSpec, resolve
 from medtune.data.dedup import Decontaminator, Deduper, GroupSplitter, key_text
 from medtune.data.formats import FORMATS
 from medtune.data.steps import build, texts
+from medtune.errors import ConfigError
 from medtune.folders import check_room, staged
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,8 @@ def prepare(cfg: Config) -> dict[str, Any]:
     with staged(out) as tmp:
         sinks = _Sinks(tmp, out)
         try:
-            for spec in specs:
-                report["datasets"][spec.name] = _one(spec, cfg, passes, sinks, report["files"])
+            for spec, rows in _engine(cfg, specs, passes, tmp):
+                report["datasets"][spec.name] = _one(spec, cfg, rows, passes, sinks, report["files"])
         finally:
             sinks.close()
         if d.mix:
@@ -65,6 +67,18 @@ def prepare(cfg: Config) -> dict[str, Any]:
     return report
 
 
+def _engine(cfg: Config, specs: list[DatasetSpec], passes: _Passes, build: Path) -> Iterator[tuple[DatasetSpec, Iterator[Cleaned]]]:
+    """(dataset, its cleaned rows in input order), from this process (`data.engine: local`) or from
+    datatrove's executors (`datatrove`: many processes or nodes, dedup bands on disk; see data/scale.py)."""
+    if cfg.data.engine == "local":
+        return ((spec, _cleaned(spec, cfg, passes)) for spec in specs)
+    if cfg.data.engine != "datatrove":
+        raise ConfigError(f"data.engine must be local or datatrove; got {cfg.data.engine!r}.")
+    from medtune.data.scale import scaled
+
+    return scaled(cfg, specs, passes, build / ".work")
+
+
 def fingerprint(cfg: Config) -> str:
     """What the prepared folder depends on: the data config, the registry entries, medtune's version and
     rule files, and every input shard's path, size and modification time (not its content: hashing GBs
@@ -75,7 +89,9 @@ def fingerprint(cfg: Config) -> str:
     from medtune import __version__
     from medtune.config import to_dict
 
-    data = {k: v for k, v in to_dict(cfg)["data"].items() if k not in ("num_workers", "output_dir", "tokenize")}
+    # How the data is prepared (engine, workers) does not change it.
+    data = {k: v for k, v in to_dict(cfg)["data"].items()
+            if k not in ("num_workers", "output_dir", "tokenize", "engine", "datatrove")}
     here = Path(__file__).parent
     rules = {f: io.file_sha256(here / f) for f in ("pii_rules.yaml", "quality_rules.yaml")}  # the steps' data
     h = hashlib.sha256(json.dumps({"data": data, "version": __version__, "rules": rules}, sort_keys=True,
@@ -132,26 +148,63 @@ class _Tally:
     rng: random.Random = field(default_factory=random.Random)
 
 
-def _one(spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sinks, files: dict[str, str]) -> dict[str, Any]:
-    tally = _Tally(rng=random.Random(cfg.data.seed))
+@dataclass
+class Cleaned:
+    """One input row after conversion, the cleaning steps and the decontamination check: everything
+    about it that needs no other row. The scaled-out engine computes these in parallel and hands them
+    back in input order; dedup, sampling and writing happen in `_place`, in order, on either engine."""
+
+    where: str
+    row: dict[str, Any] | None = None  # None: dropped by conversion or a step (`reason`)
+    reason: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # a dropped row's drop-record fields
+    meta: dict[str, Any] = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    bench: str | None = None  # the benchmark the row overlaps with (decontamination)
+
+
+def clean(item: Any, steps: list, decontam: Decontaminator | None) -> Cleaned:
+    """Conversion result → steps (in order, the first that drops wins) → decontamination check."""
+    if item.example is None:
+        return Cleaned(item.where, reason=item.reason, record={**item.detail, "row": item.raw})
+    row, stats, changed = item.example, Counter(), []
+    for _, step in steps:
+        new, why = step(row, stats)
+        if new is None:  # the row as the steps left it (redacted if redaction ran first), never the raw one
+            return Cleaned(item.where, reason=why, record={"row": row}, changed=changed, stats=dict(stats))
+        if why:
+            changed.append(why)
+        row = new
+    bench = decontam.check("\n".join(_user_texts(row))) if decontam is not None else None
+    return Cleaned(item.where, row, meta=item.meta, changed=changed, stats=dict(stats), bench=bench)
+
+
+def _cleaned(spec: DatasetSpec, cfg: Config, passes: _Passes) -> Iterator[Cleaned]:
+    """The in-process engine: one dataset's rows converted and cleaned in this process."""
     convert = FORMATS.get(spec.format)
     groups = AnswerGroups(cfg.data.answers)
     if cfg.data.answers != "all":
         groups.scan(convert(spec))  # first pass: index questions (memory: distinct questions only)
+    for index, item in enumerate(convert(spec)):
+        if item.example is not None and cfg.data.answers != "all":
+            example, carrier = groups.decide(index, item.example)
+            if example is None:
+                yield Cleaned(item.where, reason="merged_answer", record={
+                    "answer_kept_with": f"row {carrier + 1} of the dataset", "row": item.example})
+                continue
+            item.example = example
+        yield clean(item, passes.steps, passes.decontam)
+
+
+def _one(spec: DatasetSpec, cfg: Config, rows: Iterator[Cleaned], passes: _Passes, sinks: _Sinks,
+         files: dict[str, str]) -> dict[str, Any]:
+    tally = _Tally(rng=random.Random(cfg.data.seed))
     progress = _progress(spec.name)
     try:
-        for index, item in enumerate(convert(spec)):
+        for c in rows:
             progress.update()
-            if item.example is not None and cfg.data.answers != "all":
-                example, carrier = groups.decide(index, item.example)
-                if example is None:
-                    tally.read += 1
-                    tally.dropped["merged_answer"] += 1
-                    sinks.drop("merged_answer", {"dataset": spec.name, "where": item.where,
-                                                 "answer_kept_with": f"row {carrier + 1} of the dataset", "row": item.example})
-                    continue
-                item.example = example
-            _row(item, spec, cfg, passes, sinks, files, tally)
+            _place(c, spec, cfg, passes, sinks, files, tally)
     finally:
         progress.close()
     for name, pool in tally.reservoirs.items():
@@ -167,40 +220,33 @@ def _one(spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sinks, files: 
                               for k, v in tally.by_split.items()}}
 
 
-def _row(item: Any, spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sinks, files: dict[str, str],
-         tally: _Tally) -> None:
-    """One row through steps → dedup → decontamination → output (or a dropped/ file)."""
+def _place(c: Cleaned, spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _Sinks, files: dict[str, str],
+           tally: _Tally) -> None:
+    """One cleaned row through dedup → decontamination → output (or a dropped/ file), in input order."""
     tally.read += 1
-    if item.example is None:
-        tally.dropped[item.reason] += 1
-        sinks.drop(item.reason, {"dataset": spec.name, "where": item.where, **item.detail, "row": item.raw})
+    tally.stats.update(c.stats)
+    for why in c.changed:
+        tally.changed[why] += 1
+        if why == "redacted":  # a pointer only: the original holds the PII
+            sinks.write("changed/redacted.jsonl", {"dataset": spec.name, "where": c.where})
+    if c.row is None:
+        tally.dropped[c.reason] += 1
+        sinks.drop(c.reason, {"dataset": spec.name, "where": c.where, **c.record})
         return
-    row, reason, extra = item.example, None, {}
-    dedup, decontam = passes.dedup, passes.decontam
-    for _, step in passes.steps:
-        new, why = step(row, tally.stats)
-        if new is None:
-            reason = why
-            break
-        if why:
-            tally.changed[why] += 1
-            if why == "redacted":  # a pointer only: the original holds the PII
-                sinks.write("changed/redacted.jsonl", {"dataset": spec.name, "where": item.where})
-        row = new
-    if reason is None and dedup is not None and (hit := dedup.check(key_text(row, dedup.on), _ref(spec, item.where))):
+    row, reason, extra, dedup = c.row, None, {}, passes.dedup
+    if dedup is not None and (hit := dedup.check(key_text(row, dedup.on), _ref(spec, c.where))):
         reason, extra = hit[0], {"duplicate_of": hit[1]}
-    if reason is None and decontam is not None and (bench := decontam.check("\n".join(_user_texts(row)))):
-        tally.contaminated[bench] += 1
-        if decontam.action == "drop":
-            reason, extra = f"contaminated_{bench}", {"benchmark": bench}
+    if reason is None and c.bench is not None:
+        tally.contaminated[c.bench] += 1
+        if passes.decontam.action == "drop":
+            reason, extra = f"contaminated_{c.bench}", {"benchmark": c.bench}
         else:
-            row = {**row, "contaminated": bench}
+            row = {**row, "contaminated": c.bench}
     if reason is not None:
-        # The row as the steps left it (redacted if redaction ran before the drop), never the raw one.
         tally.dropped[reason] += 1
-        sinks.drop(reason, {"dataset": spec.name, "where": item.where, **extra, "row": row})
+        sinks.drop(reason, {"dataset": spec.name, "where": c.where, **extra, "row": row})
         return
-    example = {**row, "meta": {"dataset": spec.name, "where": item.where, **item.meta}}
+    example = {**row, "meta": {"dataset": spec.name, "where": c.where, **c.meta}}
     split = example.pop("split", None) or (passes.splitter(row) if passes.splitter else "all")
     name = spec.name if split == "all" else f"{spec.name}.{split}"
     files[name] = str(sinks.path(f"{name}.jsonl"))
