@@ -81,5 +81,65 @@ def test_datatrove_with_two_workers_gives_the_in_process_result(tmp_path):
         assert a[name] == b[name], name
     near = [json.loads(x) for x in a["dropped/duplicate_near.jsonl"].decode().splitlines()]
     assert any(x["duplicate_of"].startswith("huatuo_shards:part-0.jsonl:") and "part-1" in x["where"] for x in near)
-    print(local["dropped"], local["kept"])
     assert not (out_b / ".work").exists() and (out_b / "COMPLETE").exists()
+
+
+def many_shards(tmp_path, shards=16, rows=4000):
+    base = huatuo(rows)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(shards):
+        (folder / f"p{k:02d}.jsonl").write_text("".join(json.dumps({**r, "instruction": f"{r['instruction']}（{k}）"},
+                                                                   ensure_ascii=False) + "\n" for r in base), encoding="utf-8")
+    reg = tmp_path / "many.yaml"
+    reg.write_text(f"many: {{path: {folder}, format: alpaca, license: research only, source: Huatuo}}\n")
+    return reg, folder
+
+
+def cli(tmp_path, reg, *extra):
+    return [sys.executable, "-m", "medtune", "prepare", CFG, f"data.registries=[{reg}]", "data.datasets=[many]",
+            f"data.output_dir={tmp_path / 'out'}", "data.steps=[normalize, redact]", "data.dedup={near: true}",
+            "data.engine=datatrove", "data.datatrove={workers: 2}", *extra]
+
+
+def _workers(pid):
+    """The worker processes (spawned by the pool) of process `pid`."""
+    out = []
+    for p in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{p}/stat").read().split()
+            cmd = open(f"/proc/{p}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if p.isdigit() and int(stat[3]) == pid and b"spawn_main" in cmd:
+            out.append(int(p))
+    return out
+
+
+def test_a_worker_that_dies_fails_the_run_instead_of_hanging(tmp_path):
+    reg, _ = many_shards(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cli(tmp_path, reg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (workers := _workers(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert workers, "no worker process appeared"
+    time.sleep(1.0)  # the workers are importing and cleaning: 16 tasks of 4,000 rows take several seconds
+    os.kill(workers[0], signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("prepare hung after a worker died")
+    assert proc.returncode == 2, err  # a user-facing error, as for bad input
+    assert "worker process died" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_shard_is_named_and_nothing_is_written(tmp_path):
+    reg, folder = many_shards(tmp_path, shards=3, rows=200)
+    (folder / "p03.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")  # a gzip header, then garbage
+    r = subprocess.run(cli(tmp_path, reg), capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{folder / 'p03.jsonl.gz'}: not a readable gzip file" in r.stderr
+    assert not (tmp_path / "out").exists()

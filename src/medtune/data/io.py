@@ -89,6 +89,21 @@ def open_binary(p: Path) -> Any:
     return p.open("rb")
 
 
+def _broken(p: Path) -> tuple[type[BaseException], ...]:
+    """The errors a damaged compressed shard raises while it is read (gzip: OSError/EOFError; zstd: ZstdError)."""
+    if p.name.endswith(".zst"):
+        import zstandard
+
+        return (zstandard.ZstdError, OSError, EOFError)
+    return (OSError, EOFError) if p.name.endswith(".gz") else ()
+
+
+def _unreadable(p: Path, e: BaseException) -> DataError:
+    kind = "gzip" if p.name.endswith(".gz") else "Zstandard"
+    return DataError(f"{p}: not a readable {kind} file ({e}). The shard is damaged or not compressed as its "
+                     "name says: re-create it, rename it, or remove it from the dataset's path.")
+
+
 def read_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[str, Any]]:
     """Yield (where, record) over every shard a dataset path names: JSON / JSON Lines (plain, .gz,
     .zst) or Parquet; `where` is `file:line` (Parquet: `file:row`), the reference every drop record and
@@ -124,11 +139,18 @@ def read_json_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tup
     p = Path(path)
     if not p.exists():
         read_text(p, encoding)  # raises the file-not-found message
-    with open_binary(p) as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head.startswith(b"["):
+    try:
         with open_binary(p) as f:
-            text = decode(f.read(), str(p), encoding)
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except _broken(p) as e:
+        raise _unreadable(p, e) from None
+    if head.startswith(b"["):
+        try:
+            with open_binary(p) as f:
+                data = f.read()
+        except _broken(p) as e:
+            raise _unreadable(p, e) from None
+        text = decode(data, str(p), encoding)
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
@@ -192,8 +214,16 @@ def read_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
 def _lines(p: Path, encoding: str) -> Iterator[tuple[int, str]]:
     """(line number, decoded line) for each non-blank line, streamed (plain, .gz or .zst); a byte that
     does not decode raises with the line and a likely encoding; a leading BOM is dropped."""
+    broken, lineno = _broken(p), 0
     with open_binary(p) as f:
-        for lineno, raw in enumerate(f, start=1):
+        lines = enumerate(f, start=1)
+        while True:
+            try:
+                lineno, raw = next(lines)
+            except StopIteration:
+                return
+            except broken as e:
+                raise DataError(f"{p}, after line {lineno}: {_unreadable(p, e)}") if lineno else _unreadable(p, e) from None
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError:

@@ -331,10 +331,9 @@ class LocalExecutor:
             except BrokenProcessPool:
                 for f in futures:
                     f.cancel()
-                raise DataError(f"a prepare worker process died (killed, or out of memory) while running task "
-                                f"{rank} of {self.tasks}; nothing was written. Its log: "
-                                f"{self.inner.logging_dir.path}/logs/task_{rank:05d}.log. Lower "
-                                "data.datatrove.workers, or give the machine more memory.") from None
+                raise DataError(f"a prepare worker process died (killed, or out of memory) before task {rank} of "
+                                f"{self.tasks} finished; nothing was written. Lower data.datatrove.workers, or give "
+                                "the machine more memory, and run prepare again.") from None
             except BaseException:
                 for f in futures:
                     f.cancel()
@@ -342,14 +341,9 @@ class LocalExecutor:
 
 
 def _task(executor: Any, rank: int) -> None:
-    """One task in a worker process; local_rank 1 keeps datatrove's console log off (it is in the log files)."""
+    """One task in a worker process. datatrove logs each task to `<logs>/logs/task_N.log` and its errors to
+    stderr too; the error comes back to `medtune prepare` as the exception, so stderr is kept quiet."""
     from copy import deepcopy
 
-    executor = deepcopy(executor)
-    try:
-        from datatrove.utils.logging import logger
-
-        logger.remove()
-    except (ImportError, ValueError):
-        pass
-    executor._run_for_rank(rank, local_rank=1)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+        deepcopy(executor)._run_for_rank(rank, local_rank=1)
