@@ -13,6 +13,7 @@ rows/s and peak RSS. Memory grows only with the dedup index (12-byte digests), n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -30,12 +31,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RSS = "import resource,subprocess,sys;r=subprocess.run(sys.argv[1:]);print('MAXRSS_KB',resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);sys.exit(r.returncode)"
 
 
-def make_input(path: Path, n: int, source: Path) -> None:
+def make_input(path: Path, n: int, source: Path, shards: int = 1) -> None:
+    """N rows in one JSONL file at `path`, or (shards > 1) in a folder `path` of `shards` files holding
+    consecutive slices of the same rows."""
     rows = list(csv.DictReader(io.StringIO(source.read_bytes().decode("gb18030"))))
     rng = random.Random(0)
-    with path.open("w", encoding="utf-8") as f:
+    if shards > 1:
+        path.mkdir(parents=True, exist_ok=True)
+    files = [path / f"part-{k:03d}.jsonl" for k in range(shards)] if shards > 1 else [path]
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(p.open("w", encoding="utf-8")) for p in files]
         last = None
         for i in range(n):
+            f = handles[i * len(handles) // n]
             if last and i % 20 == 0:
                 f.write(last)
                 continue

@@ -1,10 +1,11 @@
 """Millions of rows through `medtune train`: prepare + tokenise + two steps, memory and time per stage.
 
-    python benchmarks/train_scale.py [--sizes 100000 1000000] [--workers 2] [--near]
+    python benchmarks/train_scale.py [--sizes 100000 1000000] [--workers 2] [--near] [--engine datatrove --shards 8]
 
 Input as in `prepare_scale.py` (the real Toyhom 内科 consultations replicated and perturbed to N alpaca
 rows). For each size, in separate processes:
-1. `medtune prepare` (normalize, quality, redact, exact dedup; `--near` adds MinHash near dedup): wall, peak RSS.
+1. `medtune prepare` (normalize, quality, redact, exact dedup; `--near` adds MinHash near dedup; `--engine
+   datatrove` runs it on datatrove's local executor with `--workers` processes over `--shards` shards): wall, peak RSS.
 2. `medtune train` (tiny Llama, LoRA, 2 steps): the prepared folder is reused, the tokenised cache built
    (`data.num_workers`); wall, start-up (wall − train_runtime), peak RSS of the trainer process.
 3. the same `medtune train` again: the cache is present; start-up and peak RSS.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,21 +46,24 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--near", action="store_true")
+    ap.add_argument("--engine", choices=["local", "datatrove"], default="local")
+    ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--source", type=Path,
                     default=ROOT.parent / "shared/data/chinese_medical_dialogue_toyhom/sample_IM_neike_5000-6000.csv")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="train_scale_"))
     rows = []
     for n in args.sizes:
-        data = work / f"rows_{n}.jsonl"
-        make_input(data, n, args.source)
+        data = work / (f"rows_{n}" if args.shards > 1 else f"rows_{n}.jsonl")
+        make_input(data, n, args.source, shards=args.shards)
         reg = work / "reg.yaml"
         reg.write_text(yaml.safe_dump({"big": {"path": str(data), "format": "alpaca", "license": "MIT", "source": "b"}}))
         out = work / f"run_{n}"
         dedup = "{exact: true, near: true, on: question}" if args.near else "{exact: true, on: question}"
         common = [str(ROOT / "configs/tiny/sft_lora.yaml"), f"train.output_dir={out}", f"data.registries=[{reg}]",
                   "data.datasets=[big]", "data.max_samples=null", "data.test_size=0", f"data.dedup={dedup}",
-                  "data.steps=[normalize, {quality: {}}, redact]", f"data.num_workers={args.workers}"]
+                  "data.steps=[normalize, {quality: {}}, redact]", f"data.num_workers={args.workers}",
+                  f"data.engine={args.engine}", f"data.datatrove={{workers: {args.workers}}}"]
         train = [sys.executable, "-m", "medtune", "train", *common, "train.max_steps=2", "train.eval_strategy=no",
                  "train.save_steps=1000", "train.logging_steps=1"]
         p_wall, p_rss, _ = timed([sys.executable, "-m", "medtune", "prepare", *common])
@@ -74,7 +79,7 @@ def main() -> None:
         print(f"{n:,} rows: prepare {p_wall:.0f} s / {p_rss} MiB; train (tokenise + 2 steps) {t_wall:.0f} s, "
               f"start-up {t_wall - t_run:.0f} s, {t_rss} MiB; again with the cache: start-up {c_wall - c_run:.0f} s, "
               f"{c_rss} MiB; cache {cache_mib:.0f} MiB", flush=True)
-        data.unlink()
+        shutil.rmtree(data) if data.is_dir() else data.unlink()
     print("\n| rows | kept | prepare s | prepare peak MiB | train s (tokenise + 2 steps) | start-up s | trainer peak MiB "
           "| start-up with cache s | peak with cache MiB | cache MiB |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
