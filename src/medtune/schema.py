@@ -98,6 +98,9 @@ class DataConfig:
     # ray: {cpus_per_task, mem_per_cpu_gb}}.
     engine: str = "local"
     datatrove: dict[str, Any] = field(default_factory=dict)
+    # pt only: read, clean (data.steps) and tokenise the shards on the fly into blocks, no prepared copy and
+    # no cache (for text larger than a cache should hold); needs train.max_steps; resumes at the exact block.
+    streaming: bool = False
     # Processes that tokenise the prepared data into the cached Arrow files (null: the CPUs available).
     num_workers: int | None = None
     # `medtune prepare` also builds the tokenised cache of finetune.stage (tokenizer only, no model), so a
