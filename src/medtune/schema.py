@@ -92,6 +92,9 @@ class DataConfig:
     intended_use: str = "research"
     # Pack several samples per row (greedy bins of max_length; samples never attend to each other).
     packing: bool = False
+    # A JSON record that does not parse (bad JSON, a lone surrogate, nesting thousands deep): stop the run with
+    # file and line, or skip it (dropped as invalid_json / invalid_unicode, its raw text in dropped/).
+    on_error: str = "stop"
     # Where prepare runs: local (this process; small and mid-size data) or datatrove (the same result from
     # many processes or nodes, dedup bands on disk: data/scale.py). datatrove: {executor: local|slurm|ray,
     # workers: N (default the CPUs), tasks: N (default one per input shard), slurm: {partition, time, ...},
