@@ -1,9 +1,16 @@
-"""De-identification: precision and recall per PII type on the shipped labelled set (each >= 0.95)."""
+"""De-identification: precision and recall per PII type, span-exact, on records generated from templates
+written before the rules (benchmarks/pii_generator.py: dev for tuning, holdout for the figure), on the
+older hand-labelled set, and what the detector flags in real consultations."""
 
+import csv
+import importlib.util
+import io
 import json
+import sys
 from collections import Counter
 
-from conftest import FIXTURES
+import pytest
+from conftest import FIXTURES, ROOT, SHARED
 
 from medtune.data.pii import detect, redact
 
@@ -34,15 +41,89 @@ def test_precision_and_recall_per_type():
         assert r["precision"] >= 0.95 and r["recall"] >= 0.95, (t, r)
 
 
+def _generator():
+    spec = importlib.util.spec_from_file_location("pii_generator", ROOT / "benchmarks/pii_generator.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pii_generator"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _eval():
+    spec = importlib.util.spec_from_file_location("pii_eval", ROOT / "benchmarks/pii_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _split(name):
+    return [json.loads(x) for x in (FIXTURES / "pii_gen" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_generated_sets_are_what_the_generator_writes_and_split_by_template():
+    sets = _generator().generate(1200, 13)
+    for name, rows in sets.items():
+        assert rows == _split(name), name  # the fixtures are reproducible from the script
+    assert len(sets["dev"]) + len(sets["test"]) == 1200 and len(sets["holdout"]) == 600
+    templates = {name: {r["template"] for r in rows} for name, rows in sets.items() if name != "holdout"}
+    assert not templates["dev"] & templates["test"]  # no sentence shape is in both
+    assert {r["genre"] for r in sets["dev"]} == {r["genre"] for r in sets["holdout"]} and len({r["genre"] for r in sets["dev"]}) >= 6
+    for rows in sets.values():
+        for r in rows:
+            for sp in r["spans"]:
+                assert r["text"][sp["start"]:sp["end"]] == sp["value"]
+
+
+@pytest.mark.parametrize("split, name_recall", [("dev", 0.95), ("holdout", 0.75)])
+def test_precision_and_recall_on_generated_records(split, name_recall):
+    """dev: the rules were tuned on it (≥ 0.95 everywhere). holdout: templates no rule saw; its NAME recall
+    (0.774 when last measured) is below the issue's 0.95 — the bar here guards against regressions."""
+    table, _ = _eval().score(_split(split))
+    print("\n" + "\n".join(f"{t:10s} P {v['precision']:.3f} R {v['recall']:.3f} (n={v['spans']})" for t, v in table.items()))
+    for t in TYPES:
+        assert table[t]["spans"] >= 40, t
+        assert table[t]["precision"] >= 0.95, (t, table[t])
+        assert table[t]["recall"] >= (name_recall if t == "NAME" else 0.95), (t, table[t])
+
+
+def test_false_positives_on_real_consultations():
+    toyhom = SHARED / "chinese_medical_dialogue_toyhom/sample_IM_neike_5000-6000.csv"
+    if not toyhom.exists():
+        pytest.skip("needs ../shared/data")
+    rows = list(csv.DictReader(io.StringIO(toyhom.read_bytes().decode("gb18030"))))[:1000]
+    found = [s for r in rows for t in (r["ask"], r["answer"]) for s in detect(t)]
+    assert len(found) <= 2, found  # 0 when last measured: these consultations name nobody
+
+
 def test_placeholders_are_consistent_within_a_document():
     placeholders = {}
     first, c1 = redact("患者张伟，手机13912345678。", placeholders)
     second, c2 = redact("张伟的家属再次来电13912345678，另一号码13800001111。", placeholders)
     assert first == "患者<NAME_1>，手机<PHONE_1>。"
-    assert second == "张伟的家属再次来电<PHONE_1>，另一号码<PHONE_2>。"  # a bare name without context stays
-    assert c1 == {"NAME": 1, "PHONE": 1} and c2 == {"PHONE": 2}
+    # a name found once is replaced wherever it recurs in the document, context word or not
+    assert second == "<NAME_1>的家属再次来电<PHONE_1>，另一号码<PHONE_2>。"
+    assert c1 == {"NAME": 1, "PHONE": 1} and c2 == {"NAME": 1, "PHONE": 2}
 
 
 def test_checksums_reject_lookalikes():
     assert not detect("身份证号110105194912310021")  # last digit wrong (checksum is 9)
     assert not detect("卡号6222021001123456780")  # fails Luhn
+
+
+@pytest.mark.parametrize("text, kind, value", [
+    ("联系电话：+86 139 1234 5678。", "PHONE", "+86 139 1234 5678"),
+    ("电话(+86)13912345678", "PHONE", "(+86)13912345678"),
+    ("座机 0571-8765 4321", "PHONE", "0571-8765 4321"),
+    ("手机１３９１２３４５６７８", "PHONE", "１３９１２３４５６７８"),
+    ("身份证 110105 19491231 002X", "ID_CARD", "110105 19491231 002X"),
+    ("老身份证号110105491231002", "ID_CARD", "110105491231002"),
+    ("出生日期：一九八五年三月十二日", "DOB", "一九八五年三月十二日"),
+    ("出生日期 19850312", "DOB", "19850312"),
+    ("登记号：ZY2023001234", "RECORD_NO", "ZY2023001234"),
+    ("家住西湖区古墩路12号翠苑三区3栋2单元501室。", "ADDRESS", "西湖区古墩路12号翠苑三区3栋2单元501室"),
+    ("主管医生熊主任交代", "NAME", "熊"),
+    ("申请人：欧阳娜　电话", "NAME", "欧阳娜"),
+    ("我母亲叫张秀兰，今年", "NAME", "张秀兰"),
+])
+def test_the_miss_classes_of_the_held_out_report(text, kind, value):
+    assert [(s.type, s.value) for s in detect(text)] == [(kind, value)]

@@ -92,12 +92,18 @@ class DataConfig:
     intended_use: str = "research"
     # Pack several samples per row (greedy bins of max_length; samples never attend to each other).
     packing: bool = False
+    # A JSON record that does not parse (bad JSON, a lone surrogate, nesting thousands deep): stop the run with
+    # file and line, or skip it (dropped as invalid_json / invalid_unicode, its raw text in dropped/).
+    on_error: str = "stop"
     # Where prepare runs: local (this process; small and mid-size data) or datatrove (the same result from
     # many processes or nodes, dedup bands on disk: data/scale.py). datatrove: {executor: local|slurm|ray,
     # workers: N (default the CPUs), tasks: N (default one per input shard), slurm: {partition, time, ...},
     # ray: {cpus_per_task, mem_per_cpu_gb}}.
     engine: str = "local"
     datatrove: dict[str, Any] = field(default_factory=dict)
+    # pt only: read, clean (data.steps) and tokenise the shards on the fly into blocks, no prepared copy and
+    # no cache (for text larger than a cache should hold); needs train.max_steps; resumes at the exact block.
+    streaming: bool = False
     # Processes that tokenise the prepared data into the cached Arrow files (null: the CPUs available).
     num_workers: int | None = None
     # `medtune prepare` also builds the tokenised cache of finetune.stage (tokenizer only, no model), so a

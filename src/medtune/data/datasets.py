@@ -44,6 +44,9 @@ class DatasetSpec:
     description: str = ""
     # What the licence permits: [research], [research, commercial]; empty = unknown (not commercial).
     allowed_use: list[str] = field(default_factory=list)
+    # What a record that does not parse does: stop (the run, naming file and line) or skip (dropped and
+    # counted as invalid_json / invalid_unicode); set for every dataset by data.on_error.
+    on_error: str = "stop"
 
 
 def load_registry(extra: list[str] | tuple[str, ...] = ()) -> dict[str, DatasetSpec]:

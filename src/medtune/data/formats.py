@@ -94,7 +94,10 @@ def _each_json(spec: DatasetSpec, convert_row: Callable[[Any, str], Item | list[
     the field's name. A text field holding another JSON type is dropped as `wrong_type`.
     """
     converted = False
-    for where, row in io.read_records(spec.path, spec.encoding):
+    for where, row in io.read_records(spec.path, spec.encoding, spec.on_error):
+        if isinstance(row, io.Unparseable):
+            yield Item(where, reason=row.reason, raw=row.raw, detail={"error": row.error})
+            continue
         try:
             items = convert_row(row, where)
         except MissingField as e:

@@ -50,6 +50,40 @@ def _decodes(data: bytes, encoding: str) -> bool:
     return True
 
 
+# First bytes that say what a file is, whatever its name says.
+_MAGIC = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a zip archive"), (b"PAR1", "a Parquet file"),
+          (b"\x1f\x8b", "a gzip-compressed file"), (b"\x28\xb5\x2f\xfd", "a Zstandard-compressed file"),
+          (b"7z\xbc\xaf", "a 7z archive"), (b"Rar!", "a RAR archive"), (b"\xd0\xcf\x11\xe0", "an old Office document"),
+          (b"SQLite format", "an SQLite database")]
+_FIX = {"a zip archive": "unzip it and point the dataset at the file inside",
+        "a Parquet file": "name it *.parquet", "a gzip-compressed file": "name it *.gz (e.g. data.jsonl.gz)",
+        "a Zstandard-compressed file": "name it *.zst (e.g. data.jsonl.zst)"}
+_OWN = {"a gzip-compressed file": ".gz", "a Zstandard-compressed file": ".zst", "a Parquet file": ".parquet",
+        "a zip archive": ".zip"}
+
+
+def sniff(p: Path) -> str | None:
+    """Refuse a file whose first bytes say it is not the text its name promises (an image, an archive, a
+    compressed file without its suffix); return the encoding a byte-order mark imposes (it wins over the
+    configured one), or None."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except IsADirectoryError:
+        raise DataError(f"{p} is a folder, not a file: point the dataset's `path` at the folder itself "
+                        "(without a file suffix) to read every shard in it.") from None
+    for magic, what in _MAGIC:
+        if head.startswith(magic) and not p.name.endswith(_OWN.get(what, "\0")):
+            fix = _FIX.get(what, "point the dataset at the data file instead")
+            raise DataError(f"{p}: this is {what}, not {'JSON' if '.json' in p.name else 'text'} data: {fix}.")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "utf-8"
+    return None
+
+
 # What a folder or glob of shards may hold (dataset `path: data/shards/` or `path: "data/part-*.jsonl.gz"`).
 SHARD_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".parquet", ".csv",
                   ".txt", ".txt.gz", ".txt.zst")
@@ -104,15 +138,22 @@ def _unreadable(p: Path, e: BaseException) -> DataError:
                      "name says: re-create it, rename it, or remove it from the dataset's path.")
 
 
-def read_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[str, Any]]:
+def read_records(path: str | Path, encoding: str = "utf-8", on_error: str = "stop") -> Iterator[tuple[str, Any]]:
     """Yield (where, record) over every shard a dataset path names: JSON / JSON Lines (plain, .gz,
     .zst) or Parquet; `where` is `file:line` (Parquet: `file:row`), the reference every drop record and
-    error uses."""
+    error uses. With `on_error: skip`, a record that does not parse comes as an `Unparseable`."""
     for shard in shards(path):
         if shard.name.endswith(".parquet"):
             yield from ((f"{shard}:{n}", r) for n, r in read_parquet_records(shard))
         else:
-            yield from ((f"{shard}:{n}", r) for n, r in read_json_records(shard, encoding))
+            yield from ((f"{shard}:{n}", r) for n, r in read_json_records(shard, encoding, on_error))
+
+
+class Unparseable:
+    """A JSON record that does not parse (kept with `data.on_error: skip`): the raw text and why."""
+
+    def __init__(self, raw: str, error: str, reason: str = "invalid_json") -> None:
+        self.raw, self.error, self.reason = raw, error, reason
 
 
 def read_parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -131,39 +172,111 @@ def read_parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"{path}: not a readable Parquet file ({e}).") from None
 
 
-def read_json_records(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, Any]]:
+def read_json_records(path: str | Path, encoding: str = "utf-8", on_error: str = "stop") -> Iterator[tuple[int, Any]]:
     """Yield (line, record) from a JSON array or JSON Lines file (many `.json` files are really JSONL).
 
-    JSON Lines stream line by line, so memory does not grow with the file; a JSON array is parsed whole
-    (its records have no lines of their own: the record's 1-based index is reported instead)."""
+    JSON Lines stream line by line, so memory does not grow with the file; a JSON array is parsed whole,
+    element by element, and each record is numbered by the physical line it starts on. A record that
+    does not parse (bad JSON, nesting too deep, a lone surrogate escape such as \\ud800 that no text
+    file can hold) stops the run with file and line, or with `on_error: skip` comes as an `Unparseable`."""
     p = Path(path)
     if not p.exists():
         read_text(p, encoding)  # raises the file-not-found message
+    encoding = sniff(p) or encoding
     try:
         with open_binary(p) as f:
-            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+            head = f.read(4096)
     except _broken(p) as e:
         raise _unreadable(p, e) from None
-    if head.startswith(b"["):
+    start = head.decode("utf-16", errors="ignore") if encoding == "utf-16" else head.decode("latin-1")
+    if start.lstrip("\ufeff\xef\xbb\xbf \t\r\n").startswith("["):
         try:
             with open_binary(p) as f:
                 data = f.read()
         except _broken(p) as e:
             raise _unreadable(p, e) from None
-        text = decode(data, str(p), encoding)
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg}). "
-                            "Fix the file or convert it to JSON Lines (one object per line).") from None
-        yield from ((i + 1, r) for i, r in enumerate(records))
+        yield from _array(p, decode(data, str(p), encoding), on_error)
         return
-    for lineno, line in _lines(p, encoding):
+    lines = _utf16_lines(p) if encoding == "utf-16" else _lines(p, encoding)
+    for lineno, line in lines:
         try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}, line {lineno}, column {e.colno}: invalid JSON ({e.msg}). Each line of a "
-                            "JSON Lines file must be one complete JSON object.") from None
+            record = json.loads(line)
+            if "\\ud" in line or "\\uD" in line:
+                _no_surrogates(record)
+        except (json.JSONDecodeError, RecursionError, _Surrogate) as e:
+            bad = _why(e)
+            if on_error == "skip":
+                yield lineno, Unparseable(line.rstrip("\r\n"), bad[1], bad[0])
+                continue
+            raise DataError(f"{p}, line {lineno}{bad[2]}: {bad[1]}. Each line of a JSON Lines file must be one complete "
+                            "JSON object; fix the line, or set data.on_error: skip to drop such lines (counted, and "
+                            "written to dropped/).") from None
+        yield lineno, record
+
+
+class _Surrogate(ValueError):
+    pass
+
+
+def _no_surrogates(value: Any) -> None:
+    if isinstance(value, str):
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            raise _Surrogate("a lone surrogate escape (\\ud800–\\udfff): not valid Unicode, cannot be written as text")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_surrogates(k)
+            _no_surrogates(v)
+    elif isinstance(value, list):
+        for v in value:
+            _no_surrogates(v)
+
+
+def _why(e: BaseException) -> tuple[str, str, str]:
+    """(drop reason, message, ', column N') for a record that does not parse."""
+    if isinstance(e, json.JSONDecodeError):
+        return "invalid_json", f"invalid JSON ({e.msg})", f", column {e.colno}"
+    if isinstance(e, RecursionError):
+        return "invalid_json", "JSON nested too deeply to read (thousands of levels)", ""
+    return "invalid_unicode", str(e), ""
+
+
+def _array(p: Path, text: str, on_error: str) -> Iterator[tuple[int, Any]]:
+    """The elements of a JSON array, each with the physical line it starts on."""
+    import re
+
+    decoder, ws = json.JSONDecoder(), re.compile(r"[ \t\r\n]*")
+    i = ws.match(text, text.index("[") + 1).end()
+    line, seen = 1 + text.count("\n", 0, i), i
+    if text.startswith("]", i):
+        return
+    while True:
+        line += text.count("\n", seen, i)
+        seen = i
+        try:
+            record, end = decoder.raw_decode(text, i)
+            _no_surrogates(record)
+        except (json.JSONDecodeError, RecursionError, _Surrogate) as e:
+            reason, message, column = _why(e)
+            if isinstance(e, json.JSONDecodeError):
+                line, column = e.lineno, f", column {e.colno}"
+            raise DataError(f"{p}, line {line}{column}: {message}. Fix the file, or convert it to JSON Lines (one object "
+                            "per line) where data.on_error: skip can drop single records.") from None
+        yield line, record
+        i = ws.match(text, end).end()
+        if text.startswith("]", i):
+            return
+        if not text.startswith(",", i):
+            line += text.count("\n", seen, i)
+            raise DataError(f"{p}, line {line}: expected ',' or ']' after a record of the JSON array. Fix the file.")
+        i = ws.match(text, i + 1).end()
+
+
+def _utf16_lines(p: Path) -> Iterator[tuple[int, str]]:
+    """Lines of a UTF-16 file (its byte-order mark says so): decoded whole, as such files are rarely big."""
+    text = decode(p.read_bytes(), str(p), "utf-16")
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield n, line
 
 
 def read_csv_records(path: str | Path, encoding: str = "utf-8",
@@ -178,6 +291,7 @@ def read_csv_records(path: str | Path, encoding: str = "utf-8",
         return
     if not p.exists():
         read_text(p, encoding)  # raises the file-not-found message
+    encoding = sniff(p) or encoding
     with p.open(encoding=encoding, newline="") as f:
         try:
             yield from _csv_rows(f, p, required)
@@ -195,11 +309,31 @@ def _csv_rows(f: Any, p: Path, required: tuple[str, ...]) -> Iterator[tuple[int,
     if missing:
         raise DataError(f"{p}, line 1: missing column(s) {missing}; the header has {header}. Rename the "
                         "columns or map them with `columns:` in the dataset's registry entry.")
+    last, held = 1, None
     for row in reader:
+        start, last = last + 1, reader.line_num
         if None in row:  # more cells than header columns: usually an unquoted comma
             raise DataError(f"{p}, line {reader.line_num}: {len(header) + len(row[None])} cells for "
                             f"{len(header)} columns. Quote fields that contain commas.")
-        yield reader.line_num, row
+        if held is not None:
+            yield held[1], held[2]
+        held = (start, reader.line_num, row)
+    if held is not None:
+        start, end, row = held
+        # A quote that never closes swallows the rest of the file into the last row's cell.
+        if end > start and any("\n" in (v or "") for v in row.values()) and _open_quote(p):
+            raise DataError(f"{p}, line {start}: a quoted field opens here and is never closed (an unterminated \" "
+                            f"quote), so lines {start}–{end} would read as one cell. Close the quote, or double a "
+                            "quote that is part of the text (\"\").")
+        yield end, row
+
+
+def _open_quote(p: Path) -> bool:
+    """Whether the file holds an odd number of quote characters (a quote that never closes)."""
+    try:
+        return p.read_bytes().count(b'"') % 2 == 1
+    except OSError:
+        return False
 
 
 def read_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
@@ -207,7 +341,8 @@ def read_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
     p = Path(path)
     if not p.exists():
         read_text(p, encoding)  # raises the file-not-found message
-    for lineno, line in _lines(p, encoding):
+    encoding = sniff(p) or encoding
+    for lineno, line in (_utf16_lines(p) if encoding == "utf-16" else _lines(p, encoding)):
         yield lineno, line.strip()
 
 
@@ -224,6 +359,8 @@ def _lines(p: Path, encoding: str) -> Iterator[tuple[int, str]]:
                 return
             except broken as e:
                 raise DataError(f"{p}, after line {lineno}: {_unreadable(p, e)}") if lineno else _unreadable(p, e) from None
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                encoding, raw = "utf-8", raw[3:]  # a UTF-8 byte-order mark wins over the configured encoding
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError:

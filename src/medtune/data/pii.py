@@ -1,16 +1,21 @@
 """PII/PHI detection and redaction for Chinese medical text.
 
-Types: ID_CARD (mainland resident ID, checksum verified), PHONE (mobile and landline), EMAIL,
-RECORD_NO (病历号 / 住院号 / 门诊号 / 就诊卡号 …), BANK_CARD (16–19 digits, Luhn verified), NAME (in
-context: 患者 / 病人 / 医生 / 姓名： / 户名 + a name starting with a common surname), ADDRESS
-(anchored on a provincial-level name, ending in a house number) and DOB (after 出生日期 / 生日 / 出生于).
+Types: NAME, ADDRESS, ID_CARD (18-digit with checksum, grouped or full-width, and the old 15-digit
+number), PHONE (mobile with +86 / 0086 / (+86), spaced or hyphenated; landlines with area codes),
+EMAIL, RECORD_NO (the value after 病历号 / 住院号 / 登记号 / ID号 / …), BANK_CARD (16–19 digits, grouped
+or not, Luhn verified) and DOB (the date after 出生日期 / 生于 / …, in digits, compact or Chinese numerals).
+Full-width digits are read as digits. Names are found where clinical text puts them: after labels and
+roles (姓名：, 主治医师：, 收款人, 医师签名：), after patient, kinship and self-introduction words
+(患者, 我母亲叫, 我是), before titles (王医生 → 王, 李大夫, 张先生) and before a verb at the start of a
+clause (张伟说); a candidate must start with a surname (the common single ones and the compound ones:
+欧阳, 诸葛, …) and end where the text's segmentation (jieba) ends a word. A candidate that jieba's
+dictionary lists as an ordinary word (叶酸, 曾经, 黄芪) is not a name unless a label introduces it.
+Addresses run from their first administrative level (province, city, district or county) past the house
+number to the estate, building, unit and room.
 Redaction replaces each value with a placeholder that is consistent within one document
 (`<NAME_1>` everywhere 张伟 appears) and counts replacements per type for the audit.
-Measured precision and recall per type: tests/test_pii.py on tests/fixtures/pii_labelled.jsonl.
-Known limits: names without a context word, and addresses without a province, are not caught.
-On 7,644 real Toyhom consultations (15,288 texts) the detectors flag one name, a real one
-(病人陈静瑜就是头晕…); the boundary check and the `not_names` lexicon keep 患者康复… / 医生高血压… out
-(without them: 151 false names).
+Measured on generated records whose templates were written before these rules (benchmarks/pii_generator.py,
+dev split for tuning, test split for the figure in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -24,28 +29,59 @@ from pathlib import Path
 import yaml
 
 _RULES = yaml.safe_load((Path(__file__).parent / "pii_rules.yaml").read_text(encoding="utf-8"))
-_SURNAMES = set(_RULES["surnames"])
+_SURNAMES = set(_RULES["surnames"]) | set(_RULES["more_surnames"])
+_COMMON_SURNAMES = set(_RULES["surnames"])
+_COMPOUND = set(_RULES["compound_surnames"])
 _STOP_AFTER_NAME = set(_RULES["stop_after_name"])
+_FUNCTION_SURNAMES = set(_RULES["function_surnames"])
 _NOT_NAMES = set(_RULES["not_names"])
 _PROVINCES = "|".join(sorted(_RULES["provinces"], key=len, reverse=True))
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_DIGITS = str.maketrans("０１２３４５６７８９Ｘｘ", "0123456789Xx")  # full-width → ASCII, same length
 
+
+def _alternation(words: list[str]) -> str:
+    return "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
+
+
+_SEP = r"[ \t　]*[:：]?[ \t　]*"
+_D = r"(?<![0-9A-Za-z])"  # no digit or letter before
+_E = r"(?![0-9A-Za-z])"  # nor after
+_CN_DATE = r"[〇零一二三四五六七八九]{4}年[一二三四五六七八九十]{1,3}月(?:[一二三四五六七八九十]{1,3}日)?"
+_DATE = (rf"(?:\d{{4}}年\d{{1,2}}月(?:\d{{1,2}}日)?|\d{{4}}[-./]\d{{1,2}}[-./]\d{{1,2}}{_E}|"
+         rf"(?:18|19|20)\d{{2}}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]){_E}|{_CN_DATE})")
 PATTERNS: dict[str, re.Pattern[str]] = {
-    "ID_CARD": re.compile(r"(?<![0-9A-Za-z])[1-9]\d{5}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![0-9A-Za-z])"),
-    "BANK_CARD": re.compile(r"(?<![\d-])(?:\d{4}[ -]?){3}\d{4,7}(?![\d-])"),
+    "ID_CARD": re.compile(rf"{_D}(?:[1-8]\d{{5}} ?(?:18|19|20)\d{{2}}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]) ?\d{{3}}[\dXx]"
+                          rf"|[1-8]\d{{7}}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{{3}}){_E}"),
+    "BANK_CARD": re.compile(rf"{_D}(?<!\d[ -])(?:\d{{4}}[ -]?){{3}}\d{{4}}(?:[ -]?\d{{1,3}})?{_E}(?![ -]\d)"),
     "EMAIL": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
-    "PHONE": re.compile(r"(?<![\d-])(?:(?:\+?86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}|(?:[（(]0\d{2,3}[）)]|0\d{2,3}-)\d{7,8})(?![\d-])"),
-    "RECORD_NO": re.compile(r"(?:病历号|住院号|门诊号|就诊卡号|病案号|医保卡号|检查号)\s*[:：]?\s*([A-Za-z0-9][A-Za-z0-9-]{4,})"),
-    "DOB": re.compile(r"(?:出生日期|出生年月日|出生年月|生日|出生于|生于)\s*[:：]?\s*(?:是|为)?\s*"
-                      r"(\d{4}(?:年\d{1,2}月\d{1,2}日?|[-./]\d{1,2}[-./]\d{1,2}))"),
-    "ADDRESS": re.compile(rf"(?:{_PROVINCES})(?:省|市|自治区|特别行政区)?[\u4e00-\u9fa5]{{0,12}}?(?:市|区|县|州|旗)"
-                          r"[\u4e00-\u9fa5A-Za-z0-9]{0,20}?(?:路|街|道|弄|巷|村|镇)\d+(?:号|弄)"
-                          r"(?:\d+(?:号|栋|幢|单元|室|楼|层))*"),
-    "NAME": re.compile(r"(?:患者|病人|病患|姓名\s*[:：]\s*|主治医生\s*[:：]?\s*|医生\s*[:：]?\s*|户名\s*[:：]?\s*|"
-                       r"家属\s*[:：]\s*|联系人\s*[:：]?\s*)([\u4e00-\u9fa5]{2,3})"),
+    "PHONE": re.compile(rf"(?<![\d+])(?:(?:\+86[ -]?|0086[ -]?|\(\+86\) ?|（\+86）|86-)?1[3-9]\d(?:[ -]?\d{{4}}){{2}}"
+                        rf"|(?:[（(]0\d{{2,3}}[）)] ?|{_D}0\d{{2,3}}[- ])(?:\d{{3,4}}[ -]?\d{{4}}|\d{{4}}[ -]\d{{3}})){_E}(?![ -]\d)"),
+    "RECORD_NO": re.compile(rf"(?:{_alternation(_RULES['record_labels'])}){_SEP}([A-Za-z]{{0,4}}\d[0-9A-Za-z-]{{3,}})"),
+    "DOB": re.compile(rf"(?:{_alternation(_RULES['dob_labels'])}){_SEP}(?:是|为)?[ 　]*({_DATE})"
+                      rf"|[（(]({_DATE})生[）)]"),
+    "ADDRESS": re.compile(r"(?:[\u4e00-\u9fa5]{2,8}?(?:省|自治区|特别行政区|市|区|县|旗|自治州|盟))+"
+                          r"(?:[\u4e00-\u9fa5]{1,6}?(?:乡|镇|街道))?"
+                          r"(?:[\u4e00-\u9fa5A-Za-z0-9]{1,14}?(?:路|街|大街|大道|道|弄|巷|胡同)\d+(?:号|弄)"
+                          r"(?:[\u4e00-\u9fa5]{0,8}?\d+(?:号楼|栋|幢|座|单元|室|层|楼|号|户))*"
+                          r"|[\u4e00-\u9fa5]{1,6}?村(?:\d+组)?(?:\d+号)?)"),
 }
 # When two detections overlap, the more specific type wins.
-PRIORITY = ["ID_CARD", "EMAIL", "BANK_CARD", "RECORD_NO", "PHONE", "DOB", "ADDRESS", "NAME"]
+PRIORITY = ["EMAIL", "ID_CARD", "BANK_CARD", "RECORD_NO", "DOB", "PHONE", "ADDRESS", "NAME"]
+_ADDRESS_INTRO = re.compile(rf"(?:{_alternation(_RULES['address_intros'])})")
+_TRIGGER = re.compile(rf"(?:{_alternation(_RULES['name_triggers'])})(?:{_SEP})(?:(?:{_alternation(_RULES['name_links'])})(?=\S))?")
+_TITLE = re.compile(rf"(?={_alternation(_RULES['name_titles'])})")
+_VERB_AFTER = tuple(sorted(_RULES["name_verbs"], key=len, reverse=True))
+_TITLES = tuple(sorted(_RULES["name_titles"], key=len, reverse=True))
+# What may follow a name opening a clause: sex / age (王芳，女，45岁 / 孙宇　男), a role in brackets
+# (刘立（主治医师）), a record label after a space (钟嘉　住院号：…).
+_DEMOGRAPHIC = re.compile(r"[，,、 　]+(?:男|女|性别|\d{1,3}岁)|[（(](?:主治|主任|副主任|住院|责任)?(?:医师|医生|护士|药师)|"
+                          rf"[ 　]+(?:{_alternation(_RULES['record_labels'])})")
+# A role label of any wording, ending in a person word and a colon (its name follows).
+_ROLE_LABEL = re.compile(r"[\u4e00-\u9fa5]{0,6}(?:人|者|员|师|医生|护士|家属|签字|签名)[ \t　]*[:：][ \t　]*")
+_LEFT_OK = set("由请嘱给向被让找和与及同经将")  # a preposition before a name and its title (由程英勇护士分诊)
+_BOUNDARY = set("，。、；：！？（）()【】[]《》“”\"',.;:!?/ \t\n　—-")
+_NOT_GIVEN = set("的是在了和与说诉男女岁院科床号医生我你他她们这那就都也有无不请于")
 
 
 @dataclass(frozen=True)
@@ -58,23 +94,27 @@ class Span:
 
 def detect(text: str) -> list[Span]:
     """Non-overlapping PII spans in `text`, in order."""
+    digits = text.translate(_DIGITS)  # full-width digits matched as digits; offsets unchanged
     found: list[Span] = []
-    for kind in PRIORITY:
-        for m in PATTERNS[kind].finditer(text):
-            start, end = (m.start(1), m.end(1)) if m.re.groups else (m.start(), m.end())
-            value = text[start:end]
-            if kind == "NAME":
-                value = _name(text, start)
-                if not value:
-                    continue
-                end = start + len(value)
-            if kind == "ID_CARD" and not _id_checksum(value):
+
+    def add(kind: str, start: int, end: int) -> None:
+        if start < end and not any(s.start < end and start < s.end for s in found):
+            found.append(Span(kind, start, end, text[start:end]))
+
+    for kind in PRIORITY[:-1]:
+        for m in PATTERNS[kind].finditer(digits if kind != "ADDRESS" else text):
+            g = next((i for i in range(1, (m.re.groups or 0) + 1) if m.group(i) is not None), 0)
+            start, end = m.span(g)
+            value = digits[start:end]
+            if kind == "ID_CARD" and not _id_valid(value.replace(" ", "")):
                 continue
             if kind == "BANK_CARD" and not _luhn(re.sub(r"\D", "", value)):
                 continue
-            if any(s.start < end and start < s.end for s in found):
-                continue
-            found.append(Span(kind, start, end, value))
+            if kind == "ADDRESS":
+                start = _address_start(text, start, end)
+            add(kind, start, end)
+    for start, end in _names(text):
+        add("NAME", start, end)
     return sorted(found, key=lambda s: s.start)
 
 
@@ -83,7 +123,15 @@ def redact(text: str, placeholders: dict[tuple[str, str], str] | None = None) ->
     placeholders = {} if placeholders is None else placeholders
     counts: Counter[str] = Counter()
     out, last = [], 0
-    for span in detect(text):
+    spans = detect(text)
+    # A name found once in a document is replaced wherever it recurs there (张伟的家属…, no context word).
+    known = sorted({v for t, v in placeholders if t == "NAME" and len(v) > 1} | {s.value for s in spans if s.type == "NAME"
+                                                                                and len(s.value) > 1}, key=len, reverse=True)
+    for value in known:
+        for m in re.finditer(re.escape(value), text):
+            if not any(s.start < m.end() and m.start() < s.end for s in spans):
+                spans.append(Span("NAME", m.start(), m.end(), value))
+    for span in sorted(spans, key=lambda s: s.start):
         key = (span.type, span.value)
         if key not in placeholders:
             n = sum(1 for t, _ in placeholders if t == span.type) + 1
@@ -95,25 +143,143 @@ def redact(text: str, placeholders: dict[tuple[str, str], str] | None = None) ->
     return "".join(out), counts
 
 
-_BOUNDARY = set("，。、；：！？（）()【】[]《》“”\"',.;:!?/ \t\n")
+def _address_start(text: str, start: int, end: int) -> int:
+    """Where an address really starts: after an introducing word (家住, 现住, 住址) caught by the lazy
+    match, or at a province name inside the first unit (患者浙江省… → 浙江省…)."""
+    head = text[start:end]
+    intro = max((m.end() for m in _ADDRESS_INTRO.finditer(head)), default=0)
+    if intro and intro < len(head):
+        start += intro
+        head = text[start:end]
+    first = re.search(r"省|自治区|市|区|县|旗", head)  # the first administrative unit
+    if first and (m := re.search(_PROVINCES, head[:first.end()])) and m.start() > 0:
+        start += m.start()
+    return start
 
 
-def _name(text: str, start: int) -> str | None:
-    """A surname-first name of 3 or 2 characters that ends at a boundary: punctuation, space, the end,
-    or a particle (医生孙立说 → 孙立). The boundary is what separates 患者张伟， from 患者康复关键.
-    A candidate that the Chinese dictionary knows as an ordinary word (患者叶酸的…, 患者曾经是…,
-    病人常常会…) is not a name: redaction must not corrupt the training text."""
-    if text[start] not in _SURNAMES:
+def _names(text: str) -> list[tuple[int, int]]:
+    """(start, end) of names: after triggers, before titles, before a clause-initial verb."""
+    out: list[tuple[int, int]] = []
+    cuts = _Cuts(text)
+    roles: set[int] = set()  # positions inside trigger words (主管医生, 责任护士): their titles name nobody
+    for m in _TRIGGER.finditer(text):
+        if m.group().rstrip(" \t　:：") not in _TITLES:  # 主管医生, not 医生 itself
+            roles.update(range(m.start(), m.end()))
+        strong = bool(re.search(r"[:：]|[ \t　]$", m.group()))  # a label: 姓名：, 医师签名：, 申请人 …
+        if (end := _name_at(text, m.end(), cuts, strong)) is not None:
+            out.append((m.end(), end))
+    for m in _ROLE_LABEL.finditer(text):  # any role label: 送检者：, 发药员：, 复核人：, 持卡人：
+        roles.update(range(m.start(), m.end()))
+        strong = bool(re.search(r"[:：]|[ \t　]$", m.group()))  # a label: 姓名：, 医师签名：, 申请人 …
+        if (end := _name_at(text, m.end(), cuts, strong)) is not None:
+            out.append((m.end(), end))
+    for m in _TITLE.finditer(text):
+        if m.start() in roles:
+            continue
+        if (m.start() == 0 or text[m.start() - 1] in _BOUNDARY) and \
+                re.match(rf"(?:{_alternation(_RULES['name_titles'])})长?[:：]", text[m.start():]):
+            continue  # a label (护士：, 护士长：), not a title after a name (张医生：您好 is one)
+        if (start := _name_before(text, m.start(), cuts)) is not None:
+            out.append((start, m.start()))
+    for i, ch in enumerate(text):  # a name opening a clause, then a verb (张伟说…) or sex / age (王芳，女，)
+        if (i == 0 or text[i - 1] in "\n：:，。；　 ") and (ch in _SURNAMES or text[i:i + 2] in _COMPOUND):
+            end = _name_at(text, i, cuts, False, verbs_only=True)
+            if end is not None:
+                out.append((i, end))
+    return out
+
+
+def _surname_len(text: str, i: int, common_only: bool = False) -> int:
+    if text[i:i + 2] in _COMPOUND:
+        return 2
+    return 1 if text[i:i + 1] in (_COMMON_SURNAMES if common_only else _SURNAMES) else 0
+
+
+def _given_ok(chars: str) -> bool:
+    return bool(chars) and all("\u4e00" <= c <= "\u9fa5" and c not in _NOT_GIVEN and c not in _STOP_AFTER_NAME
+                               for c in chars)
+
+
+def _name_at(text: str, i: int, cuts: "_Cuts", strong: bool, verbs_only: bool = False) -> int | None:
+    """The end of a name starting at `i` (surname + 1–2 given characters), or None."""
+    n = _surname_len(text, i, common_only=not strong)
+    if not n or any(text.startswith(w, i) for w in _NOT_NAMES):
         return None
-    if any(text.startswith(word, start) for word in _NOT_NAMES):
+    if verbs_only and n == 1 and text[i] in _FUNCTION_SURNAMES:
         return None
-    for length in (3, 2):
-        name = text[start:start + length]
-        after = text[start + length:start + length + 1]
-        if len(name) == length and all("\u4e00" <= ch <= "\u9fa5" and ch not in _STOP_AFTER_NAME for ch in name[1:]) \
-                and (not after or after in _BOUNDARY or after in _STOP_AFTER_NAME):
-            return None if _ordinary_word(name) else name
+    if text.startswith(_TITLES, i + n):  # 熊主任: the surname alone is the name
+        return i + n
+    for given in (2, 1):
+        end = i + n + given
+        if end > len(text) or not _given_ok(text[i + n:end]):
+            continue
+        rest = text[end:]
+        if verbs_only:
+            ok = rest.startswith(_VERB_AFTER) or bool(_DEMOGRAPHIC.match(rest))
+        else:
+            ok = not rest or rest[0] in _BOUNDARY or rest[0] in _STOP_AFTER_NAME or rest.startswith(_VERB_AFTER) \
+                or rest.startswith(_TITLES) or rest[0].isdigit() or (cuts.at(end) and cuts.at(i))
+        if not ok:
+            continue
+        if given == 2 and text[end - 1:].startswith((*_VERB_AFTER, *_TITLES)):
+            continue  # 王霞代诉: 代诉 is the verb
+        if given == 2 and rest and rest[0] not in _BOUNDARY and not cuts.at(end) \
+                and _word_tags().get(text[end - 1:end + 1]) and _given_ok(text[i + n:end - 1]):
+            continue  # 杨天右膝…: 右膝 is a word, the name is 杨天
+        if not strong and _is_word(text[i:end]):
+            return None
+        return end
     return None
+
+
+def _name_before(text: str, title: int, cuts: "_Cuts") -> int | None:
+    """The start of a name (or a surname alone) ending right before a title at `title` (王医生 → 王)."""
+    for length in (4, 3, 2, 1):
+        start = title - length
+        if start < 0:
+            continue
+        n = _surname_len(text, start, common_only=True)
+        if not n or n > length:
+            continue
+        given = text[start + n:title]
+        if given and not _given_ok(given):
+            continue
+        if length > n + 2:
+            continue
+        left = text[start - 1] if start else ""
+        if any(text.startswith(w, start) for w in _NOT_NAMES):
+            continue
+        if n == 1 and text[start] in _FUNCTION_SURNAMES and (start and left not in _BOUNDARY or length == 1 and
+                                                             not text.startswith(("您", "：", ":", "，"), title + 2)):
+            continue  # 向医生咨询, 祝医生工作顺利: a preposition or a wish (万医生您好 is a name)
+        if start and left not in _BOUNDARY and left not in _LEFT_OK and not cuts.at(start) \
+                and not (length == 1 and left not in _SURNAMES):
+            continue  # a surname alone before a title (嘱王医生) needs no cut, unless another surname precedes it
+        if _is_word(text[start:title]) and length > n:  # 长孙医生: a compound surname is a word too
+            continue
+        return start
+    return None
+
+
+class _Cuts:
+    """Word starts of `text` by jieba (with its HMM for unknown words such as names), computed on first use."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.starts = text, None
+
+    def at(self, i: int) -> bool:
+        if self.starts is None:
+            _word_tags()  # jieba initialised quietly
+            import jieba
+
+            self.starts = {start for _, start, _ in jieba.tokenize(self.text)} | {len(self.text)}
+        return i in self.starts
+
+
+def _is_word(candidate: str) -> bool:
+    """jieba's dictionary lists the candidate itself with a part of speech other than a person name."""
+    tag = _word_tags().get(candidate)
+    return tag is not None and not tag.startswith("nr")
 
 
 def _ordinary_word(candidate: str) -> bool:
@@ -133,6 +299,11 @@ def _word_tags() -> dict[str, str]:
     import jieba.posseg
 
     return jieba.posseg.dt.word_tag_tab
+
+
+def _id_valid(value: str) -> bool:
+    """An 18-digit number with the right check character, or a 15-digit one (no check character)."""
+    return len(value) == 15 or _id_checksum(value)
 
 
 def _id_checksum(value: str) -> bool:

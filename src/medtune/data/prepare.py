@@ -11,6 +11,7 @@ Examples that carry an official split (cMedQA2) go to one file per split, `<data
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -28,7 +29,7 @@ from medtune.data.datasets import DatasetSpec, resolve
 from medtune.data.dedup import Decontaminator, Deduper, GroupSplitter, key_text
 from medtune.data.formats import FORMATS
 from medtune.data.steps import build, texts
-from medtune.errors import ConfigError
+from medtune.errors import ConfigError, DataError
 from medtune.folders import check_room, staged
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ def prepare(cfg: Config) -> dict[str, Any]:
     """Convert and clean every dataset in `cfg.data.datasets`; return the report (also report.json)."""
     d = cfg.data
     out = prepared_dir(cfg)
-    specs = resolve(d.datasets, d.registries)
+    if d.on_error not in ("stop", "skip"):
+        raise ConfigError(f"data.on_error must be stop or skip; got {d.on_error!r}.")
+    specs = [dataclasses.replace(s, on_error=d.on_error) for s in resolve(d.datasets, d.registries)]
     licence_check(specs, d.intended_use)
     steps = build(d.steps)
     passes = _Passes(steps=steps, dedup=Deduper(**d.dedup) if d.dedup else None,
@@ -83,7 +86,6 @@ def fingerprint(cfg: Config) -> str:
     """What the prepared folder depends on: the data config, the registry entries, medtune's version and
     rule files, and every input shard's path, size and modification time (not its content: hashing GBs
     of input would cost what reusing saves)."""
-    import dataclasses
     import hashlib
 
     from medtune import __version__
@@ -210,6 +212,9 @@ def _one(spec: DatasetSpec, cfg: Config, rows: Iterator[Cleaned], passes: _Passe
     for name, pool in tally.reservoirs.items():
         for example in pool:
             sinks.write(f"{name}.jsonl", example)
+    if tally.read == 0:
+        raise DataError(f"dataset {spec.name!r} ({spec.path}) holds no records: the file is empty, an empty JSON "
+                        "array, or a CSV with only its header. Check its path, or remove it from data.datasets.")
     kept = sum(min(n, cfg.data.max_samples) if cfg.data.max_samples else n for n in tally.by_split.values())
     log.info("%s: read %d, kept %d, dropped %s", spec.name, tally.read, kept, dict(tally.dropped) or "none")
     return {"format": spec.format, "path": spec.path, "license": spec.license, "source": spec.source,

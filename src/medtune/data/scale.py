@@ -300,8 +300,14 @@ def _slurm(name: str, pipeline: list, tasks: int, workers: int, folder: str, slu
     ex = SlurmPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=folder, skip_completed=False,
                                job_name=f"medtune-{name}", **slurm)
     ex.run()
-    while ex.get_incomplete_ranks(skip_completed=True):
+    import subprocess
+
+    while incomplete := ex.get_incomplete_ranks(skip_completed=True):
         time.sleep(poll)
+        queued = subprocess.run(["squeue", "-h", "-j", str(ex.job_id)], capture_output=True, text=True).stdout.strip()
+        if not queued and ex.get_incomplete_ranks(skip_completed=True):  # the job left the queue unfinished
+            raise DataError(f"Slurm job {ex.job_id} (stage {name}) ended with {len(incomplete)} of {tasks} tasks "
+                            f"incomplete; their logs: {folder}/logs/ and the Slurm logs in {folder}/slurm_logs/.")
 
 
 class LocalExecutor:

@@ -58,6 +58,9 @@ def preflight(cfg: Config, training: bool = True, train_args: bool = True) -> No
         return
     load_stages().get(cfg.finetune.stage)
     METHODS.get(cfg.finetune.method)
+    if cfg.data.streaming and cfg.finetune.stage != "pt":
+        raise ConfigError(f"data.streaming is for finetune.stage pt (plain text in blocks); stage "
+                          f"{cfg.finetune.stage} reads prepared, tokenised data: set data.streaming=false.")
     need = STAGE_DATA.get(cfg.finetune.stage, set())
     for spec in resolve(cfg.data.datasets, cfg.data.registries):
         FORMATS.get(spec.format)

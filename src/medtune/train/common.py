@@ -176,9 +176,10 @@ def collator_for(tokenizer: Any, data: DataConfig) -> CountingCollator:
     return CountingCollator(inner)
 
 
-def start(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> Run:
+def start(cfg: Config, config_class: Any = None, prepare: bool = True, **stage_defaults: Any) -> Run:
     """The preamble every stage shares: resolved config written, arguments validated (before any
-    work), data prepared once (main process) and split into train / eval rows."""
+    work), data prepared once (main process). `prepare=False` (streaming pt): the datasets are read
+    as they are, and the report only lists them (for the lineage and the model card)."""
     from medtune.config import dump_config
     from medtune.train.checks import preflight
 
@@ -189,8 +190,16 @@ def start(cfg: Config, config_class: Any = None, **stage_defaults: Any) -> Run:
     check_room(out / "x", 0)  # the output folder is writable (a read-only disk fails here, not at the first save)
     args, resume = training_arguments(cfg, config_class, **stage_defaults)
     dump_config(cfg, out)
-    report = prepare_once(cfg, args)
+    report = prepare_once(cfg, args) if prepare else streamed_report(cfg)
     return Run(out, args, resume, report, cfg.data)
+
+
+def streamed_report(cfg: Config) -> dict[str, Any]:
+    """What a streamed run trains on, in the shape of a prepare report (no counts: nothing was prepared)."""
+    from medtune.data.datasets import resolve
+
+    return {"output_dir": None, "files": {}, "datasets": {s.name: {"license": s.license, "source": s.source, "path": s.path}
+                                                        for s in resolve(cfg.data.datasets, cfg.data.registries)}}
 
 
 def prepare_once(cfg: Config, args: Any) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from typing import Any
 
 from medtune.config import Config
 from medtune.data.packing import CountingCollator, PackedCollator
-from medtune.errors import MedtuneError
+from pathlib import Path
+
+from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
@@ -21,8 +23,10 @@ log = logging.getLogger(__name__)
 def run(cfg: Config) -> dict[str, Any]:
     from transformers import set_seed
 
-    r = start(cfg)
+    r = start(cfg, prepare=not cfg.data.streaming)
     model, tokenizer, template = load_model(cfg.model, merge_adapters=False, quantization_bits=quantization_for(cfg))
+    if cfg.data.streaming:
+        return streamed(cfg, r, model, tokenizer)
     train_set, eval_set, docs = text_blocks(r, tokenizer, template, cfg)
     if not train_set:
         raise MedtuneError(f"No text to train on; see {r.report['output_dir']}/report.json.")
@@ -35,6 +39,47 @@ def run(cfg: Config) -> dict[str, Any]:
     metrics: dict[str, Any] = {"train_documents": docs, "train_blocks": len(train_set),
                                "eval_blocks": len(eval_set) if eval_set else 0, "block_size": cfg.data.max_length}
     return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(eval_set))
+
+
+def streamed(cfg: Config, r: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """`data.streaming: true`: blocks straight from the shards (no prepared copy, no cache), resumable at
+    the exact block (see medtune.data.stream)."""
+    from transformers import set_seed
+
+    from medtune.data.datasets import resolve
+    from medtune.data.stream import checkpoint_callback, eval_and_train, read_state
+
+    if r.args.max_steps is None or r.args.max_steps <= 0:
+        raise ConfigError("data.streaming: a stream has no length; set train.max_steps (the number of optimizer steps).")
+    if r.args.dataloader_num_workers:
+        raise ConfigError("data.streaming reads the shards in the main process (its position is saved with each "
+                          "checkpoint); set train.dataloader_num_workers=0.")
+    test_size = cfg.data.test_size
+    if test_size and (test_size < 1 or test_size != int(test_size)):
+        raise ConfigError(f"data.streaming holds out the first N documents for eval: data.test_size must be a "
+                          f"document count (e.g. 200), not the fraction {test_size}.")
+    r.args.ignore_data_skip = True  # the stream resumes at its saved position; the Trainer must not skip again
+    resume = read_state(r.resume) if r.resume else None
+    specs = resolve(cfg.data.datasets, cfg.data.registries)
+    eval_set, stream = eval_and_train(specs, tokenizer, cfg.data.max_length, cfg.data.steps, int(test_size), resume)
+    if r.resume:
+        from transformers import TrainerState
+
+        stream.resumed_step = TrainerState.load_from_json(str(Path(r.resume) / "trainer_state.json")).global_step
+    require_eval_split(r.args, bool(eval_set))
+    set_seed(r.args.seed)
+    model = METHODS.get(cfg.finetune.method)(model, cfg)
+    collator = CountingCollator(PackedCollator(tokenizer.pad_token_id))
+    trainer = make_trainer(cfg, model, r.args, tokenizer, stream, eval_set, collator)
+    trainer.add_callback(checkpoint_callback(stream, trainer, r.resume))  # before train_and_save's CommitCheckpoints
+    metrics: dict[str, Any] = {"streaming": True, "eval_blocks": len(eval_set) if eval_set else 0,
+                               "block_size": cfg.data.max_length}
+    out = train_and_save(cfg, trainer, tokenizer, r, metrics, bool(eval_set))
+    if stream.starts:  # where the run stopped (what it would read next), for the record
+        last = stream.starts[-1][1]
+        out["stream_end"] = {"epoch": last.epoch, "shard": last.shard, "record": last.record,
+                             "documents": last.documents, "dropped": last.dropped}
+    return out
 
 
 def text_blocks(r: Any, tokenizer: Any, template: Any, cfg: Config) -> tuple[Any, Any, int]:
