@@ -29,7 +29,7 @@ def score(records: list[dict]) -> tuple[dict[str, dict[str, float]], list[str]]:
     for r in records:
         gold = {(s["type"], s["start"], s["end"]) for s in r["spans"]}
         found = {(s.type, s.start, s.end) for s in detect(r["text"])}
-        for t, a, b in found & gold:
+        for t, _, _ in found & gold:
             tp[t] += 1
         for t, a, b in found - gold:
             fp[t] += 1

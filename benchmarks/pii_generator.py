@@ -278,7 +278,7 @@ def _surname_of(name: str) -> str:
 
 def _id_check(body: str) -> str:
     weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-    return "10X98765432"[sum(int(c) * w for c, w in zip(body, weights)) % 11]
+    return "10X98765432"[sum(int(c) * w for c, w in zip(body, weights, strict=True)) % 11]
 
 
 def _luhn_digit(body: str) -> str:

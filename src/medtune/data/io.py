@@ -241,7 +241,15 @@ def _why(e: BaseException) -> tuple[str, str, str]:
 
 
 def _array(p: Path, text: str, on_error: str) -> Iterator[tuple[int, Any]]:
-    """The elements of a JSON array, each with the physical line it starts on."""
+    """The elements of a JSON array, each with the physical line it starts on (a minified array, all on
+    one line, numbers its records 1, 2, … instead: one line number for all would point nowhere)."""
+    if "\n" not in text.strip():
+        yield from ((n, record) for n, (_, record) in enumerate(_elements(p, text, on_error), 1))
+        return
+    yield from _elements(p, text, on_error)
+
+
+def _elements(p: Path, text: str, on_error: str) -> Iterator[tuple[int, Any]]:
     import re
 
     decoder, ws = json.JSONDecoder(), re.compile(r"[ \t\r\n]*")

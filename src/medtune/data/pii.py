@@ -200,7 +200,7 @@ def _given_ok(chars: str) -> bool:
                                for c in chars)
 
 
-def _name_at(text: str, i: int, cuts: "_Cuts", strong: bool, verbs_only: bool = False) -> int | None:
+def _name_at(text: str, i: int, cuts: _Cuts, strong: bool, verbs_only: bool = False) -> int | None:
     """The end of a name starting at `i` (surname + 1–2 given characters), or None."""
     n = _surname_len(text, i, common_only=not strong)
     if not n or any(text.startswith(w, i) for w in _NOT_NAMES):
@@ -232,7 +232,7 @@ def _name_at(text: str, i: int, cuts: "_Cuts", strong: bool, verbs_only: bool = 
     return None
 
 
-def _name_before(text: str, title: int, cuts: "_Cuts") -> int | None:
+def _name_before(text: str, title: int, cuts: _Cuts) -> int | None:
     """The start of a name (or a surname alone) ending right before a title at `title` (王医生 → 王)."""
     for length in (4, 3, 2, 1):
         start = title - length

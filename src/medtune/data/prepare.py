@@ -16,9 +16,9 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import IO, Any
 
 from medtune.config import Config, dump_config

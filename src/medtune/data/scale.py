@@ -144,7 +144,7 @@ def _replay(parts: list[Unit], tasks: int, events: Path, resolved: Resolved | No
     by_spec: dict[str, list[tuple[int, Unit]]] = {}
     for i, u in enumerate(parts):
         by_spec.setdefault(u.spec.name, []).append((i, u))
-    for name, spec_units in by_spec.items():
+    for spec_units in by_spec.values():
         yield spec_units[0][1].spec, rows(spec_units)
 
 
@@ -204,7 +204,7 @@ class Bands:
             for index, doc in enumerate(data or ()):
                 bands = self.dedup.bands(doc.text)
                 tail = struct.pack("<I", index)
-                for h, (_, band) in zip(handles, bands):
+                for h, (_, band) in zip(handles, bands, strict=True):
                     h.write(band.tobytes() + tail)
         for p in paths:  # datatrove's bucket stage merges sorted files
             records = np.fromfile(p, dtype=record)
@@ -332,7 +332,8 @@ class LocalExecutor:
         with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_task, self.inner, rank): rank for rank in range(self.tasks)}
             try:
-                for future, rank in futures.items():
+                for future in futures:
+                    rank = futures[future]
                     future.result()
             except BrokenProcessPool:
                 for f in futures:

@@ -4,12 +4,11 @@ with position ids restarting at each document so no document attends to another 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from medtune.config import Config
 from medtune.data.packing import CountingCollator, PackedCollator
-from pathlib import Path
-
 from medtune.errors import ConfigError, MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
