@@ -313,6 +313,8 @@ def _csv_rows(f: Any, p: Path, required: tuple[str, ...]) -> Iterator[tuple[int,
     header = reader.fieldnames or []
     if header and header[0].startswith("\ufeff"):
         header[0] = header[0][1:]
+    if not header:
+        raise DataError(f"{p}: the file is empty (no header, no rows): it holds no records. Check the dataset's path.")
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{p}, line 1: missing column(s) {missing}; the header has {header}. Rename the "
