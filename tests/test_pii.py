@@ -127,3 +127,46 @@ def test_checksums_reject_lookalikes():
 ])
 def test_the_miss_classes_of_the_held_out_report(text, kind, value):
     assert [(s.type, s.value) for s in detect(text)] == [(kind, value)]
+
+
+def _tiny_ner(folder, favour):
+    """A random-init BERT token classifier whose head always predicts `favour` (its plumbing, not its skill)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
+
+    chars = sorted(set("患者张伟手机13912345678，今天头痛怎么办？王医生说多休息。"))
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]")
+    labels = ["O", "B-PER", "I-PER"]
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=3, id2label=dict(enumerate(labels)),
+                     label2id={v: k for k, v in enumerate(labels)})
+    model = BertForTokenClassification(cfg)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([5.0 if lab == favour else 0.0 for lab in labels]))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_token_classification_model_adds_its_entities_and_the_rules_win_overlaps(tmp_path):
+    from medtune.data.steps import STEPS
+
+    row = {"messages": [{"role": "user", "content": "患者张伟手机13912345678，今天头痛怎么办？"},
+                        {"role": "assistant", "content": "多休息。"}]}
+    silent = STEPS.get("redact")(model=_tiny_ner(tmp_path / "o", "O"))
+    rules = STEPS.get("redact")()
+    assert silent(row, Counter()) == rules(row, Counter())  # a model that finds nothing changes nothing
+    greedy = STEPS.get("redact")(model=_tiny_ner(tmp_path / "per", "B-PER"))
+    stats = Counter()
+    new, why = greedy(row, stats)
+    user = new["messages"][0]["content"]
+    assert why == "redacted" and "<PHONE_1>" in user and "13912345678" not in user  # the rule's phone span stands
+    assert "头" not in user and "今" not in user and stats["pii_NAME"] > 3  # every other character: a PER entity
+    with pytest.raises(Exception, match="is not a folder"):
+        STEPS.get("redact")(model=str(tmp_path / "nothing"))

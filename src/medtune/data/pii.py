@@ -118,12 +118,18 @@ def detect(text: str) -> list[Span]:
     return sorted(found, key=lambda s: s.start)
 
 
-def redact(text: str, placeholders: dict[tuple[str, str], str] | None = None) -> tuple[str, Counter[str]]:
-    """Replace PII with placeholders; `placeholders` carries the numbering across one document's texts."""
+def redact(text: str, placeholders: dict[tuple[str, str], str] | None = None,
+           model: ModelDetector | None = None) -> tuple[str, Counter[str]]:
+    """Replace PII with placeholders; `placeholders` carries the numbering across one document's texts.
+    With a `model`, its entities are added where no rule found anything (the rules win an overlap)."""
     placeholders = {} if placeholders is None else placeholders
     counts: Counter[str] = Counter()
     out, last = [], 0
     spans = detect(text)
+    if model is not None:
+        for span in model.detect(text):
+            if not any(s.start < span.end and span.start < s.end for s in spans):
+                spans.append(span)
     # A name found once in a document is replaced wherever it recurs there (张伟的家属…, no context word).
     known = sorted({v for t, v in placeholders if t == "NAME" and len(v) > 1} | {s.value for s in spans if s.type == "NAME"
                                                                                 and len(s.value) > 1}, key=len, reverse=True)
@@ -141,6 +147,45 @@ def redact(text: str, placeholders: dict[tuple[str, str], str] | None = None) ->
         counts[span.type] += 1
     out.append(text[last:])
     return "".join(out), counts
+
+
+# Entity labels of common Chinese NER / de-identification models → medtune's types.
+MODEL_LABELS = {"PER": "NAME", "PERSON": "NAME", "NAME": "NAME", "PATIENT": "NAME", "DOCTOR": "NAME", "NR": "NAME",
+                "LOC": "ADDRESS", "ADDRESS": "ADDRESS", "ADDR": "ADDRESS", "LOCATION": "ADDRESS", "PHONE": "PHONE",
+                "TEL": "PHONE", "ID": "ID_CARD", "ID_CARD": "ID_CARD", "IDNUM": "ID_CARD", "EMAIL": "EMAIL",
+                "DATE_OF_BIRTH": "DOB", "DOB": "DOB", "MRN": "RECORD_NO", "RECORD_NO": "RECORD_NO",
+                "BANK_CARD": "BANK_CARD"}
+
+
+class ModelDetector:
+    """Any Hugging Face token-classification folder (e.g. a clinical NER model a hospital has trained),
+    run through transformers' pipeline with entity aggregation. Entities whose label maps to a medtune
+    type (`labels`, over MODEL_LABELS) and whose score reaches `min_score` become spans; others are ignored."""
+
+    def __init__(self, path: str, labels: dict[str, str] | None = None, min_score: float = 0.5) -> None:
+        from medtune.errors import ConfigError
+
+        if not Path(path).is_dir():
+            raise ConfigError(f"data.steps redact.model: {path} is not a folder (a Hugging Face token-classification "
+                              "model saved with save_pretrained, with its tokenizer).")
+        try:
+            from transformers import pipeline
+
+            self.pipe = pipeline("token-classification", model=path, aggregation_strategy="simple", device=-1)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"data.steps redact.model: {path} does not load as a token-classification model ({e}).") from None
+        self.labels = {**MODEL_LABELS, **{k.upper(): v for k, v in (labels or {}).items()}}
+        self.min_score = min_score
+
+    def detect(self, text: str) -> list[Span]:
+        if not text.strip():
+            return []
+        spans = []
+        for e in self.pipe(text):
+            kind = self.labels.get(str(e["entity_group"]).upper())
+            if kind and e["score"] >= self.min_score and e["end"] > e["start"]:
+                spans.append(Span(kind, int(e["start"]), int(e["end"]), text[int(e["start"]):int(e["end"])]))
+        return spans
 
 
 def _address_start(text: str, start: int, end: int) -> int:

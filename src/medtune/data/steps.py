@@ -153,13 +153,17 @@ def quality(min_content: int = 8, rules: str | None = None) -> Step:
 
 
 @STEPS.register("redact", "replace PII/PHI with consistent placeholders (<NAME_1>, <PHONE_1>, …); audit counts per type")
-def redact() -> Step:
+def redact(model: str | None = None, labels: dict[str, str] | None = None, min_score: float = 0.5) -> Step:
+    """`redact`, or `{redact: {model: PATH}}` to add a token-classification model's entities to the rules'
+    (`labels` maps its entity names to medtune's types; see pii.MODEL_LABELS)."""
+    detector = pii.ModelDetector(model, labels, min_score) if model else None
+
     def step(row: Row, stats: Counter) -> tuple[Row | None, str | None]:
         placeholders: dict[tuple[str, str], str] = {}  # one numbering per document
         counts: Counter[str] = Counter()
 
         def fix(text: str) -> str:
-            new, c = pii.redact(text, placeholders)
+            new, c = pii.redact(text, placeholders, detector)
             counts.update(c)
             return new
 
