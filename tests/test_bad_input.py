@@ -83,3 +83,15 @@ def test_an_unterminated_csv_quote_is_named_where_it_opens(tmp_path, capsys):
 def test_a_header_only_csv_is_empty_input(tmp_path, capsys):
     rc, out, path = prepare(tmp_path, "qa.csv", "title,ask,answer\n", fmt="toyhom")
     assert rc == 2 and "holds no records" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_key_given_twice_is_dropped_naming_the_key(tmp_path):
+    content = GOOD + '{"instruction": "头痛", "instruction": "发烧", "output": "休息"}\n'
+    rc, out, path = prepare(tmp_path, "dup.jsonl", content)
+    assert rc == 0
+    drop = json.loads((out / "dropped/duplicate_key.jsonl").read_text(encoding="utf-8"))
+    assert drop["where"] == f"{path}:2" and "'instruction' appears twice" in drop["error"]
+    array = '[\n' + GOOD.strip() + ',\n  {"output": "a",\n   "output": "b", "instruction": "c"}\n]'
+    rc, out, path = prepare(tmp_path, "dup.json", array)
+    drop = json.loads((out / "dropped/duplicate_key.jsonl").read_text(encoding="utf-8"))
+    assert rc == 0 and drop["where"] == f"{path}:3" and "'output'" in drop["error"]

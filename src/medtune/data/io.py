@@ -146,7 +146,7 @@ def read_records(path: str | Path, encoding: str = "utf-8", on_error: str = "sto
         if shard.name.endswith(".parquet"):
             yield from ((f"{shard}:{n}", r) for n, r in read_parquet_records(shard))
         else:
-            yield from ((f"{shard}:{n}", r) for n, r in read_json_records(shard, encoding, on_error))
+            yield from ((f"{shard}:{n}", r) for n, r in read_json_records(shard, encoding, on_error, drops=True))
 
 
 class Unparseable:
@@ -172,7 +172,17 @@ def read_parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"{path}: not a readable Parquet file ({e}).") from None
 
 
-def read_json_records(path: str | Path, encoding: str = "utf-8", on_error: str = "stop") -> Iterator[tuple[int, Any]]:
+def read_json_records(path: str | Path, encoding: str = "utf-8", on_error: str = "stop",
+                      drops: bool = False) -> Iterator[tuple[int, Any]]:
+    """`_json_records`; without `drops` (readers other than prepare's formats), a bad record — a key given
+    twice, or any with `on_error: skip` — is an error naming the file and line instead of an `Unparseable`."""
+    for line, record in _json_records(Path(path), encoding, on_error):
+        if isinstance(record, Unparseable) and not drops:
+            raise DataError(f"{path}, line {line}: {record.error}. Fix the record.")
+        yield line, record
+
+
+def _json_records(path: Path, encoding: str, on_error: str) -> Iterator[tuple[int, Any]]:
     """Yield (line, record) from a JSON array or JSON Lines file (many `.json` files are really JSONL).
 
     JSON Lines stream line by line, so memory does not grow with the file; a JSON array is parsed whole,
@@ -200,9 +210,12 @@ def read_json_records(path: str | Path, encoding: str = "utf-8", on_error: str =
     lines = _utf16_lines(p) if encoding == "utf-16" else _lines(p, encoding)
     for lineno, line in lines:
         try:
-            record = json.loads(line)
+            record = _loads(line)
             if "\\ud" in line or "\\uD" in line:
                 _no_surrogates(record)
+        except _DuplicateKey as e:  # a bad record, not an unreadable file: dropped and counted
+            yield lineno, _duplicate(line.rstrip("\r\n"), e)
+            continue
         except (json.JSONDecodeError, RecursionError, _Surrogate) as e:
             bad = _why(e)
             if on_error == "skip":
@@ -216,6 +229,28 @@ def read_json_records(path: str | Path, encoding: str = "utf-8", on_error: str =
 
 class _Surrogate(ValueError):
     pass
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key given twice in one object is an error, not a silent last-wins."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(key)
+    return d
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_pairs)
+
+
+def _duplicate(raw: str, e: _DuplicateKey) -> Unparseable:
+    return Unparseable(raw, f"the key {e.args[0]!r} appears twice in one object (which value is meant?)", "duplicate_key")
 
 
 def _no_surrogates(value: Any) -> None:
@@ -252,7 +287,7 @@ def _array(p: Path, text: str, on_error: str) -> Iterator[tuple[int, Any]]:
 def _elements(p: Path, text: str, on_error: str) -> Iterator[tuple[int, Any]]:
     import re
 
-    decoder, ws = json.JSONDecoder(), re.compile(r"[ \t\r\n]*")
+    decoder, plain, ws = json.JSONDecoder(object_pairs_hook=_pairs), json.JSONDecoder(), re.compile(r"[ \t\r\n]*")
     i = ws.match(text, text.index("[") + 1).end()
     line, seen = 1 + text.count("\n", 0, i), i
     if text.startswith("]", i):
@@ -263,6 +298,9 @@ def _elements(p: Path, text: str, on_error: str) -> Iterator[tuple[int, Any]]:
         try:
             record, end = decoder.raw_decode(text, i)
             _no_surrogates(record)
+        except _DuplicateKey as e:
+            _, end = plain.raw_decode(text, i)
+            record = _duplicate(text[i:end], e)
         except (json.JSONDecodeError, RecursionError, _Surrogate) as e:
             reason, message, column = _why(e)
             if isinstance(e, json.JSONDecodeError):
