@@ -95,3 +95,46 @@ def test_a_key_given_twice_is_dropped_naming_the_key(tmp_path):
     rc, out, path = prepare(tmp_path, "dup.json", array)
     drop = json.loads((out / "dropped/duplicate_key.jsonl").read_text(encoding="utf-8"))
     assert rc == 0 and drop["where"] == f"{path}:3" and "'output'" in drop["error"]
+
+
+def _cmedqa2(tmp_path, edit=None, drop=None):
+    import shutil
+
+    from conftest import FIXTURES
+
+    folder = tmp_path / "cmedqa2"
+    shutil.copytree(FIXTURES / "cmedqa2", folder)
+    for name in drop or ():
+        (folder / name).unlink()
+    for name, (old, new) in (edit or {}).items():
+        path = folder / name
+        path.write_text(path.read_text(encoding="utf-8").replace(old, new, 1), encoding="utf-8")
+    reg = tmp_path / "reg.yaml"
+    reg.write_text(f"c: {{path: {folder}, format: cmedqa2, license: t, source: t}}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    rc = main(["prepare", CFG, f"data.registries=[{reg}]", "data.datasets=[c]", f"data.output_dir={out}",
+               "data.max_samples=null"])
+    return rc, out, folder
+
+
+@pytest.mark.parametrize("edit, drop, message", [
+    (None, ["train_candidates.txt", "dev_candidates.txt", "test_candidates.txt"], "no train/dev/test_candidates file"),
+    ({"dev_candidates.txt": ("103,9004,0,1", "103,9004,0,yes")}, None, "dev_candidates.txt, line 2: label 'yes'"),
+    ({"dev_candidates.txt": ("question_id,ans_id,cnt,label", "qid,ans_id,cnt,label")}, None, "missing column(s) ['question_id']"),
+    ({"train_candidates.txt": ("pos_ans_id", "positive")}, None, "missing column(s) ['pos_ans_id']"),
+    ({"answer.csv": ("9002,101", "9001,101")}, None, "answer.csv, line 3: ans_id 9001 already appears on line 2"),
+])
+def test_cmedqa2_files_are_checked(tmp_path, capsys, edit, drop, message):
+    rc, out, _ = _cmedqa2(tmp_path, edit, drop)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_cmedqa2_duplicate_question_ids_are_dropped_and_counted(tmp_path):
+    rc, out, folder = _cmedqa2(tmp_path, {"question.csv": ('102,"胃经常痛', '101,"胃经常痛')})
+    assert rc == 0
+    d = json.loads((out / "report.json").read_text(encoding="utf-8"))["datasets"]["c"]
+    assert d["dropped"]["duplicate_question_id"] == 1
+    drop = json.loads((out / "dropped/duplicate_question_id.jsonl").read_text(encoding="utf-8"))
+    assert drop["where"] == f"{folder / 'question.csv'}:3" and drop["first_line"] == 2

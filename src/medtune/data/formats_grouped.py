@@ -51,6 +51,9 @@ def cmedqa2(spec: DatasetSpec) -> Iterator[Item]:
 
     split_of: dict[str, str] = {}
     conflicts: dict[str, list[str]] = {}
+    if not any(_split_file(root, split) for split in ("train", "dev", "test")):
+        raise DataError(f"{root}: no train/dev/test_candidates file (.txt, .csv or .zip): without them no question "
+                        "has a split. A cMedQA2 folder holds question.csv, answer.csv and the three candidate files.")
     # Evaluation splits win a conflict: a question that is also listed for training must not leak.
     for split in ("test", "dev", "train"):
         for qid in _split_ids(root, split, spec.encoding):
@@ -59,11 +62,21 @@ def cmedqa2(spec: DatasetSpec) -> Iterator[Item]:
             split_of.setdefault(qid, split)
 
     answers: dict[str, list[str]] = {}
-    for _, row in io.read_csv_records(_csv(root, "answer"), spec.encoding, ("ans_id", "question_id", "content")):
+    answer_ids: dict[str, int] = {}
+    for line, row in io.read_csv_records(_csv(root, "answer"), spec.encoding, ("ans_id", "question_id", "content")):
+        if row["ans_id"] in answer_ids:
+            raise DataError(f"{_csv(root, 'answer')}, line {line}: ans_id {row['ans_id']} already appears on line "
+                            f"{answer_ids[row['ans_id']]}; answer ids must be unique. Fix or deduplicate the file.")
+        answer_ids[row["ans_id"]] = line
         answers.setdefault(row["question_id"], []).append(_text(row["content"]))
 
+    seen_questions: dict[str, int] = {}
     for line, row in io.read_csv_records(_csv(root, "question"), spec.encoding, ("question_id", "content")):
         where, qid = f"{_csv(root, 'question')}:{line}", row["question_id"]
+        if qid in seen_questions:  # the same id twice: the first row stands, the later one is dropped
+            yield Item(where, reason="duplicate_question_id", raw=row, detail={"first_line": seen_questions[qid]})
+            continue
+        seen_questions[qid] = line
         split = split_of.get(qid)
         meta = {"question_id": qid, "split": split}
         if split is None:
@@ -101,12 +114,23 @@ def _csv(root: Path, stem: str) -> Path:
                     "answer.csv and the train/dev/test_candidates split files.")
 
 
+def _split_file(root: Path, split: str) -> Path | None:
+    return next((root / n for n in (f"{split}_candidates.txt", f"{split}_candidates.zip", f"{split}_candidates.csv")
+                 if (root / n).exists()), None)
+
+
 def _split_ids(root: Path, split: str, encoding: str) -> Iterator[str]:
-    for name in (f"{split}_candidates.txt", f"{split}_candidates.zip", f"{split}_candidates.csv"):
-        if (root / name).exists():
-            for _, row in io.read_csv_records(root / name, encoding, ("question_id",)):
-                yield row["question_id"]
-            return
+    """Question ids of a split file, its schema checked: train lists (question_id, pos_ans_id, neg_ans_id),
+    dev and test (question_id, ans_id, cnt, label) with labels 0 or 1."""
+    path = _split_file(root, split)
+    if path is None:
+        return
+    required = ("question_id", "pos_ans_id", "neg_ans_id") if split == "train" else ("question_id", "ans_id", "label")
+    for line, row in io.read_csv_records(path, encoding, required):
+        if split != "train" and row["label"].strip() not in ("0", "1"):
+            raise DataError(f"{path}, line {line}: label {row['label']!r}; cMedQA2 candidate labels are 0 (a wrong "
+                            "answer) or 1 (the right one). Fix the file.")
+        yield row["question_id"]
 
 
 @FORMATS.register("turns", "one row per turn (JSONL/CSV) with a dialogue id: rows sharing an id become one conversation")
