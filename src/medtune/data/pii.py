@@ -66,6 +66,8 @@ PATTERNS: dict[str, re.Pattern[str]] = {
                           r"(?:[\u4e00-\u9fa5]{0,8}?\d+(?:号楼|栋|幢|座|单元|室|层|楼|号|户))*"
                           r"|[\u4e00-\u9fa5]{1,6}?村(?:\d+组)?(?:\d+号)?)"),
 }
+_ANY_DIGIT = re.compile(r"\d")
+_ADDRESS_GATE = re.compile(r"[省市区县旗州盟]")
 # When two detections overlap, the more specific type wins.
 PRIORITY = ["EMAIL", "ID_CARD", "BANK_CARD", "RECORD_NO", "DOB", "PHONE", "ADDRESS", "NAME"]
 _ADDRESS_INTRO = re.compile(rf"(?:{_alternation(_RULES['address_intros'])})")
@@ -79,6 +81,8 @@ _DEMOGRAPHIC = re.compile(r"[，,、 　]+(?:男|女|性别|\d{1,3}岁)|[（(](?
                           rf"[ 　]+(?:{_alternation(_RULES['record_labels'])})")
 # A role label of any wording, ending in a person word and a colon (its name follows).
 _ROLE_LABEL = re.compile(r"[\u4e00-\u9fa5]{0,6}(?:人|者|员|师|医生|护士|家属|签字|签名)[ \t　]*[:：][ \t　]*")
+_CLAUSE_START = re.compile(rf"(?:^|(?<=[\n：:，。；　 ]))(?=[{''.join(sorted(_SURNAMES))}]|{_alternation(sorted(_COMPOUND))})",
+                           re.M)
 _LEFT_OK = set("由请嘱给向被让找和与及同经将")  # a preposition before a name and its title (由程英勇护士分诊)
 _BOUNDARY = set("，。、；：！？（）()【】[]《》“”\"',.;:!?/ \t\n　—-")
 _NOT_GIVEN = set("的是在了和与说诉男女岁院科床号医生我你他她们这那就都也有无不请于")
@@ -101,7 +105,11 @@ def detect(text: str) -> list[Span]:
         if start < end and not any(s.start < end and start < s.end for s in found):
             found.append(Span(kind, start, end, text[start:end]))
 
+    has_digit = _ANY_DIGIT.search(digits) is not None
     for kind in PRIORITY[:-1]:
+        # Cheap gates first: most texts hold no digit, no @ and no address unit, and the patterns are costly.
+        if not _worth_matching(kind, text, has_digit):
+            continue
         for m in PATTERNS[kind].finditer(digits if kind != "ADDRESS" else text):
             g = next((i for i in range(1, (m.re.groups or 0) + 1) if m.group(i) is not None), 0)
             start, end = m.span(g)
@@ -188,6 +196,14 @@ class ModelDetector:
         return spans
 
 
+def _worth_matching(kind: str, text: str, has_digit: bool) -> bool:
+    if kind == "EMAIL":
+        return "@" in text
+    if kind == "ADDRESS":  # a unit (省/市/区/县…) and a house number or a village
+        return (has_digit or "村" in text) and _ADDRESS_GATE.search(text) is not None
+    return has_digit  # every other type is a number
+
+
 def _address_start(text: str, start: int, end: int) -> int:
     """Where an address really starts: after an introducing word (家住, 现住, 住址) caught by the lazy
     match, or at a province name inside the first unit (患者浙江省… → 浙江省…)."""
@@ -213,7 +229,7 @@ def _names(text: str) -> list[tuple[int, int]]:
         strong = bool(re.search(r"[:：]|[ \t　]$", m.group()))  # a label: 姓名：, 医师签名：, 申请人 …
         if (end := _name_at(text, m.end(), cuts, strong)) is not None:
             out.append((m.end(), end))
-    for m in _ROLE_LABEL.finditer(text):  # any role label: 送检者：, 发药员：, 复核人：, 持卡人：
+    for m in (_ROLE_LABEL.finditer(text) if ("：" in text or ":" in text) else ()):  # 送检者：, 发药员：, 持卡人：
         roles.update(range(m.start(), m.end()))
         strong = bool(re.search(r"[:：]|[ \t　]$", m.group()))  # a label: 姓名：, 医师签名：, 申请人 …
         if (end := _name_at(text, m.end(), cuts, strong)) is not None:
@@ -226,11 +242,9 @@ def _names(text: str) -> list[tuple[int, int]]:
             continue  # a label (护士：, 护士长：), not a title after a name (张医生：您好 is one)
         if (start := _name_before(text, m.start(), cuts)) is not None:
             out.append((start, m.start()))
-    for i, ch in enumerate(text):  # a name opening a clause, then a verb (张伟说…) or sex / age (王芳，女，)
-        if (i == 0 or text[i - 1] in "\n：:，。；　 ") and (ch in _SURNAMES or text[i:i + 2] in _COMPOUND):
-            end = _name_at(text, i, cuts, False, verbs_only=True)
-            if end is not None:
-                out.append((i, end))
+    for m in _CLAUSE_START.finditer(text):  # a name opening a clause, then a verb (张伟说…) or sex / age (王芳，女，)
+        if (end := _name_at(text, m.start(), cuts, False, verbs_only=True)) is not None:
+            out.append((m.start(), end))
     return out
 
 
