@@ -201,6 +201,8 @@ def _worth_matching(kind: str, text: str, has_digit: bool) -> bool:
         return "@" in text
     if kind == "ADDRESS":  # a unit (省/市/区/县…) and a house number or a village
         return (has_digit or "村" in text) and _ADDRESS_GATE.search(text) is not None
+    if kind == "DOB":  # digits, or a date in Chinese numerals (一九八五年…)
+        return has_digit or "年" in text
     return has_digit  # every other type is a number
 
 
