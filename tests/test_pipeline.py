@@ -75,7 +75,8 @@ def test_redaction_keeps_no_pii_in_outputs_or_dropped_rows(tmp_path):
     everything = "".join(p.read_text(encoding="utf-8") for p in out.rglob("*.jsonl"))
     assert "13912345678" not in everything and "13800001111" not in everything and "李秀英" not in everything
     assert "张伟" not in everything  # 张伟您好 in the answer too: a name found once is replaced throughout the row
-    assert read(out / "changed/redacted.jsonl")[0] == {"dataset": "hand", "where": f"{tmp_path / 'hand.jsonl'}:1"}
+    assert read(out / "changed/redacted.jsonl")[0] == {"dataset": "hand", "where": f"{tmp_path / 'hand.jsonl'}:1",
+                                                       "pii": {"NAME": 2, "PHONE": 1, "EMAIL": 1}}
     assert report["pii_replaced"] == {"NAME": 3, "PHONE": 2, "EMAIL": 1}
     assert report["datasets"]["hand"]["dropped"] == {"boilerplate_answer": 1}
 

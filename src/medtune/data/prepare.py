@@ -232,8 +232,9 @@ def _place(c: Cleaned, spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _
     tally.stats.update(c.stats)
     for why in c.changed:
         tally.changed[why] += 1
-        if why == "redacted":  # a pointer only: the original holds the PII
-            sinks.write("changed/redacted.jsonl", {"dataset": spec.name, "where": c.where})
+        if why == "redacted":  # a pointer and what was replaced, for review: the original holds the PII
+            sinks.write("changed/redacted.jsonl", {"dataset": spec.name, "where": c.where, "pii": {
+                k.removeprefix("pii_"): v for k, v in c.stats.items() if k.startswith("pii_")}})
     if c.row is None:
         tally.dropped[c.reason] += 1
         sinks.drop(c.reason, {"dataset": spec.name, "where": c.where, **c.record})
