@@ -136,5 +136,6 @@ def test_cmedqa2_duplicate_question_ids_are_dropped_and_counted(tmp_path):
     assert rc == 0
     d = json.loads((out / "report.json").read_text(encoding="utf-8"))["datasets"]["c"]
     assert d["dropped"]["duplicate_question_id"] == 1
+    assert d["listed_in_two_splits"] == 1  # question 105 is listed for train and test: kept in test, counted
     drop = json.loads((out / "dropped/duplicate_question_id.jsonl").read_text(encoding="utf-8"))
     assert drop["where"] == f"{folder / 'question.csv'}:3" and drop["first_line"] == 2

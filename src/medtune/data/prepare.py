@@ -145,6 +145,7 @@ class _Tally:
     changed: Counter = field(default_factory=Counter)
     stats: Counter = field(default_factory=Counter)
     contaminated: Counter = field(default_factory=Counter)
+    listed_twice: int = 0  # rows whose source lists them in two splits (cMedQA2: the evaluation split wins)
     by_split: Counter = field(default_factory=Counter)
     reservoirs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
@@ -220,6 +221,7 @@ def _one(spec: DatasetSpec, cfg: Config, rows: Iterator[Cleaned], passes: _Passe
     return {"format": spec.format, "path": spec.path, "license": spec.license, "source": spec.source,
             "rows_read": tally.read, "kept": kept, "dropped": dict(tally.dropped), "changed": dict(tally.changed),
             "not_sampled": tally.read - sum(tally.dropped.values()) - kept, "contaminated": dict(tally.contaminated),
+            "listed_in_two_splits": tally.listed_twice,
             "pii_replaced": {k.removeprefix("pii_"): v for k, v in tally.stats.items() if k.startswith("pii_")},
             "kept_by_split": {k: min(v, cfg.data.max_samples) if cfg.data.max_samples else v
                               for k, v in tally.by_split.items()}}
@@ -252,6 +254,8 @@ def _place(c: Cleaned, spec: DatasetSpec, cfg: Config, passes: _Passes, sinks: _
         tally.dropped[reason] += 1
         sinks.drop(reason, {"dataset": spec.name, "where": c.where, **extra, "row": row})
         return
+    if c.meta.get("also_listed_in"):
+        tally.listed_twice += 1
     example = {**row, "meta": {"dataset": spec.name, "where": c.where, **c.meta}}
     split = example.pop("split", None) or (passes.splitter(row) if passes.splitter else "all")
     name = spec.name if split == "all" else f"{spec.name}.{split}"
