@@ -64,3 +64,15 @@ def test_training_with_the_lean_loss_lands_on_the_same_weights(tmp_path):
 
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("std", "lean"))
     assert mb["eval_loss_after"] == pytest.approx(ma["eval_loss_after"], rel=1e-5)
+
+
+def test_the_shuffling_sampler_is_seeded_per_epoch_and_covers_every_row():
+    from medtune.train.common import Permutation
+
+    a, b = Permutation(20000, 42), Permutation(20000, 42)
+    first, again = list(a), list(b)
+    assert first == again and sorted(first) == list(range(20000))  # same order on every rank, each row once
+    second = list(a)  # the next epoch: another order
+    assert second != first and sorted(second) == list(range(20000))
+    b.set_epoch(1)
+    assert list(b) == second  # a resumed run that sets the epoch gets the same order
