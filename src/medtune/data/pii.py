@@ -20,6 +20,7 @@ dev split for tuning, test split for the figure in benchmarks/README.md).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ _TRIGGER = re.compile(rf"(?:{_alternation(_RULES['name_triggers'])})(?:{_SEP})(?
 _TITLE = re.compile(rf"(?={_alternation(_RULES['name_titles'])})")
 _VERB_AFTER = tuple(sorted(_RULES["name_verbs"], key=len, reverse=True))
 _TITLES = tuple(sorted(_RULES["name_titles"], key=len, reverse=True))
+_TITLE_LABEL = re.compile(rf"(?:{_alternation(_RULES['name_titles'])})长?[:：]")  # 护士：, 护士长：
 # What may follow a name opening a clause: sex / age (王芳，女，45岁 / 孙宇　男), a role in brackets
 # (刘立（主治医师）), a record label after a space (钟嘉　住院号：…).
 _DEMOGRAPHIC = re.compile(r"[，,、 　]+(?:男|女|性别|\d{1,3}岁)|[（(](?:主治|主任|副主任|住院|责任)?(?:医师|医生|护士|药师)|"
@@ -225,22 +227,17 @@ def _names(text: str) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     cuts = _Cuts(text)
     roles: set[int] = set()  # positions inside trigger words (主管医生, 责任护士): their titles name nobody
-    for m in _TRIGGER.finditer(text):
+    labels = _ROLE_LABEL.finditer(text) if ("：" in text or ":" in text) else ()  # 送检者：, 发药员：, 持卡人：
+    for m in itertools.chain(_TRIGGER.finditer(text), labels):
         if m.group().rstrip(" \t　:：") not in _TITLES:  # 主管医生, not 医生 itself
             roles.update(range(m.start(), m.end()))
-        strong = bool(re.search(r"[:：]|[ \t　]$", m.group()))  # a label: 姓名：, 医师签名：, 申请人 …
-        if (end := _name_at(text, m.end(), cuts, strong)) is not None:
-            out.append((m.end(), end))
-    for m in (_ROLE_LABEL.finditer(text) if ("：" in text or ":" in text) else ()):  # 送检者：, 发药员：, 持卡人：
-        roles.update(range(m.start(), m.end()))
         strong = bool(re.search(r"[:：]|[ \t　]$", m.group()))  # a label: 姓名：, 医师签名：, 申请人 …
         if (end := _name_at(text, m.end(), cuts, strong)) is not None:
             out.append((m.end(), end))
     for m in _TITLE.finditer(text):
         if m.start() in roles:
             continue
-        if (m.start() == 0 or text[m.start() - 1] in _BOUNDARY) and \
-                re.match(rf"(?:{_alternation(_RULES['name_titles'])})长?[:：]", text[m.start():]):
+        if (m.start() == 0 or text[m.start() - 1] in _BOUNDARY) and _TITLE_LABEL.match(text, m.start()):
             continue  # a label (护士：, 护士长：), not a title after a name (张医生：您好 is one)
         if (start := _name_before(text, m.start(), cuts)) is not None:
             out.append((start, m.start()))
@@ -341,13 +338,6 @@ def _is_word(candidate: str) -> bool:
     """jieba's dictionary lists the candidate itself with a part of speech other than a person name."""
     tag = _word_tags().get(candidate)
     return tag is not None and not tag.startswith("nr")
-
-
-def _ordinary_word(candidate: str) -> bool:
-    """True when jieba's dictionary lists the candidate (or its first two characters) with a part of
-    speech other than a person name (nr*): 叶酸 n, 曾经 d, 常常 d, 黄芪 n; 高明 is nr and stays a name."""
-    tags = _word_tags()
-    return any((tag := tags.get(w)) is not None and not tag.startswith("nr") for w in {candidate, candidate[:2]})
 
 
 @lru_cache(maxsize=1)

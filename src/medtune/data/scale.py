@@ -131,9 +131,11 @@ def scaled(cfg: Config, specs: list[DatasetSpec], passes: Any, work: Path) -> It
 def _replay(parts: list[Unit], tasks: int, events: Path, resolved: Resolved | None) -> Iterator[tuple[DatasetSpec, Iterator]]:
     from medtune.data.prepare import Cleaned
 
+    task_of = {i: t for t in range(tasks) for i in task_units(len(parts), t, tasks)}
+
     def rows(spec_units: list[tuple[int, Unit]]) -> Iterator[Cleaned]:
         for i, _ in spec_units:
-            task = next(t for t in range(tasks) if i in task_units(len(parts), t, tasks))
+            task = task_of[i]
             with open(events / f"{i:05d}.jsonl", encoding="utf-8") as f:
                 for line in f:
                     c = Cleaned(**json.loads(line))

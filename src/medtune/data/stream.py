@@ -73,6 +73,7 @@ class TextStream(torch.utils.data.IterableDataset):
         self.starts: deque[tuple[int, Position]] = deque(maxlen=4096)
         self.blocks = 0  # blocks yielded since `start`
         self.resumed_step = 0  # the global step `start` belongs to (a resumed run's checkpoint step)
+        self.next_position: Position | None = None  # with `limit_documents`: the first document not read
         bos = tokenizer.bos_token_id
         self.bos = [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
 
@@ -128,7 +129,8 @@ class TextStream(torch.utils.data.IterableDataset):
                     text = self._clean(item, steps, dropped)
                     if text is None:
                         continue
-                    if self.limit is not None and docs >= self.limit:
+                    if self.limit is not None and docs >= self.limit:  # where the next reader starts
+                        self.next_position = Position(epoch, shard_i, record_i, 0, docs, dict(dropped))
                         yield from self._tokenised(batch)
                         return
                     batch.append((Position(epoch, shard_i, record_i, first_offset, docs, dict(dropped)), text))
@@ -172,19 +174,12 @@ def eval_and_train(specs: list[DatasetSpec], tokenizer: Any, size: int, steps_co
     if eval_documents:
         ev = TextStream(specs, tokenizer, size, steps_config, limit_documents=eval_documents, epochs=1)
         blocks = [{k: v for k, v in b.items() if not k.startswith("_")} for b in ev]
-        after = _after(specs, tokenizer, steps_config, eval_documents)
+        if ev.next_position is None:
+            raise ConfigError(f"data.test_size={eval_documents} documents held out for eval leaves none to train on.")
+        after = ev.next_position
     else:
         blocks, after = None, Position()
     return blocks, TextStream(specs, tokenizer, size, steps_config, start=resume or after)
-
-
-def _after(specs: list[DatasetSpec], tokenizer: Any, steps_config: list[Any], n: int) -> Position:
-    """The position of document number `n` (the first training document after the eval ones)."""
-    probe = TextStream(specs, tokenizer, 1, steps_config)
-    for pos, _ in probe._documents():
-        if pos.documents == n:
-            return replace(pos, offset=0)
-    raise ConfigError(f"data.test_size={n} documents held out for eval leaves none to train on.")
 
 
 def write_state(directory: Path, pos: Position, block: int) -> None:
