@@ -142,6 +142,13 @@ def cases(out: Path) -> list[dict]:
             {"read": 2, "kept": 2, "dropped": {}, "contains": [A2]}, ".json")
         add(f"{fmt}-minified-array", fmt, json.dumps(good, ensure_ascii=False).encode(),
             {"read": 2, "kept": 2, "dropped": {}}, ".json")
+        if fmt in ("sharegpt", "openai"):
+            # the same top-level key, turns in the other style (two sources concatenated), then one row mixing both
+            key, other = ("conversations", _openai(Q2, A2)["messages"]) if fmt == "sharegpt" else \
+                ("messages", _sharegpt(Q2, A2)["conversations"])
+            add(f"{fmt}-mixed-key-styles", fmt, _jsonl([good[0], {key: other}]), {"error": [":2", "key style", ":1 used"]})
+            add(f"{fmt}-mixed-keys-in-row", fmt, _jsonl([good[0], {key: [good[1][key][0], other[1]]}]),
+                {"read": 2, "kept": 1, "dropped": {"mixed_key_style": 1}})
         shard_dir = out / f"{fmt}-shards"
         shard_dir.mkdir(exist_ok=True)
         (shard_dir / "a.jsonl").write_bytes(_jsonl(good[:1]))

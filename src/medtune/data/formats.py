@@ -188,18 +188,42 @@ def openai(spec: DatasetSpec) -> Iterator[Item]:
     yield from _message_lists(spec, "messages")
 
 
+_STYLES = {"role": "role/content", "content": "role/content", "from": "from/value", "value": "from/value"}
+
+
 def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
+    """ShareGPT (from/value) and OpenAI (role/content) turns. One file holds one key style: the first
+    row that converts sets it, and a later row in the other style stops the run with both lines named
+    (two sources were concatenated; their roles or system prompts may differ too). A turn or row that
+    mixes the styles itself is dropped as `mixed_key_style`."""
+    seen: dict[str, str] = {}  # style -> where it was first used
+
     def convert(row: Any, where: str) -> Item:
         turns = _field(row, spec, "messages", where, default=default_key)
         if not isinstance(turns, list):
             return Item(where, reason="bad_messages", raw=row)
-        messages = []
+        messages, styles = [], set()
         for i, turn in enumerate(turns):
             role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
             if role not in _SHAREGPT_ROLES:
                 return Item(where, reason="unknown_role", raw=row, detail={"field": f"{default_key}[{i}].role"})
+            turn_styles = {_STYLES[k] for k in turn if k in _STYLES}
+            if len(turn_styles) > 1 or (styles and turn_styles - styles):
+                return Item(where, reason="mixed_key_style", raw=row,
+                            detail={"field": f"{default_key}[{i}]", "keys": sorted(k for k in turn if k in _STYLES)})
+            styles |= turn_styles
             content = turn.get("content", turn.get("value"))
             messages.append({"role": _SHAREGPT_ROLES[role], "content": _content(content, f"{default_key}[{i}].content")})
+        file = where.rsplit(":", 1)[0]  # a folder of shards: each file is checked on its own
+        for style in styles:
+            other = next((w for s, w in seen.items() if s != style and w.rsplit(":", 1)[0] == file), None)
+            if other:
+                raise DataError(f"{where}: the turns use {style} keys, but {other} used "
+                                f"{'from/value' if style == 'role/content' else 'role/content'}; a file holds one "
+                                f"key style (two sources were concatenated?). Convert one part, or split the file "
+                                f"into two datasets with `format: sharegpt` and `format: openai`.")
+            if seen.get(style, "").rsplit(":", 1)[0] != file:
+                seen[style] = where
         # A row's own `meta` (e.g. medtune synth's provenance) travels into the prepared data.
         meta = row["meta"] if isinstance(row, dict) and isinstance(row.get("meta"), dict) else {}
         return _check_turns(Item(where, {"messages": messages}, raw=row, meta=meta))
