@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--variants", nargs="+", default=["padding", "packing"], choices=["padding", "packing"])
+    ap.add_argument("--plain", action="store_true",
+                    help="also run medtune with its speed-ups off (loss_chunk_size null, group_by_length false)")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mt_vs_lf_"))
     (work / "data").mkdir(parents=True, exist_ok=True)
@@ -64,10 +67,11 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results: dict[tuple[str, str], list[dict]] = {}
-    for variant in ("padding", "packing"):
+    for variant in args.variants:
         for r in range(args.repeats):
-            for toolkit in ("llamafactory", "medtune"):
-                run = (run_lf if toolkit == "llamafactory" else run_medtune)(work, model, variant, r, args, env)
+            for toolkit in ("llamafactory", "medtune", *(["medtune-plain"] if args.plain else [])):
+                run = (run_lf if toolkit == "llamafactory" else run_medtune)(work, model, variant, r, args, env,
+                                                                               plain=toolkit == "medtune-plain")
                 results.setdefault((toolkit, variant), []).append(run)
                 print(f"  {toolkit:12s} {variant:8s} #{r}: {run}")
     report(results, real_tokens, args)
@@ -108,7 +112,7 @@ def count_real_tokens(model: Path, rows: list[dict]) -> int:
     return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
-def run_lf(work: Path, model: Path, variant: str, rep: int, args, env) -> dict:
+def run_lf(work: Path, model: Path, variant: str, rep: int, args, env, plain: bool = False) -> dict:
     out = work / f"out/lf_{variant}_{rep}"
     cfg = {"model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
            "lora_target": "all", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0, "dataset": "huatuo",
@@ -128,19 +132,21 @@ def run_lf(work: Path, model: Path, variant: str, rep: int, args, env) -> dict:
     return {"runtime": metrics["train_runtime"], "loss": round(metrics["train_loss"], 4), "rss_mib": _rss(proc)}
 
 
-def run_medtune(work: Path, model: Path, variant: str, rep: int, args, env) -> dict:
-    out = work / f"out/mt_{variant}_{rep}"
+def run_medtune(work: Path, model: Path, variant: str, rep: int, args, env, plain: bool = False) -> dict:
+    out = work / f"out/mt{'plain' if plain else ''}_{variant}_{rep}"
     (work / "datasets.yaml").write_text(yaml.safe_dump({"huatuo": {
         "path": str(work / "data/huatuo.jsonl"), "format": "alpaca", "license": "Apache-2.0", "source": "bench"}}))
     cfg = {"model": {"name_or_path": str(model), "template": str(ROOT / "benchmarks/qwen25.jinja")},
            "data": {"datasets": ["huatuo"], "registries": [str(work / "datasets.yaml")], "max_length": 512,
-                    "packing": variant == "packing", "output_dir": str(out / "data")},
+                    "packing": variant == "packing", "output_dir": str(out / "data"),
+                    **({"group_by_length": False} if plain else {})},
            "finetune": {"stage": "sft", "method": "lora",
-                        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}},
+                        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+                        **({"loss_chunk_size": None} if plain else {})},
            "train": {"output_dir": str(out), "per_device_train_batch_size": 4, "learning_rate": 1e-4,
                      "num_train_epochs": 1, "lr_scheduler_type": "cosine", "logging_steps": 5,
                      "save_strategy": "no", "seed": 42}}
-    path = work / f"mt_{variant}.yaml"
+    path = work / f"mt{'plain' if plain else ''}_{variant}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.run([sys.executable, "-c", RSS, sys.executable, "-m", "medtune", "train", str(path)],
                           capture_output=True, text=True, env=env)
@@ -165,12 +171,14 @@ def report(results: dict, real_tokens: int, args) -> None:
         rss = max(r["rss_mib"] for r in runs)
         med[toolkit, variant] = (real_tokens / rt, rss)
         print(f"| {toolkit} | {variant} | {rt:.2f} | {real_tokens / rt:,.0f} | {rss:,} | {runs[0]['loss']} |")
-    print("\n| variant | medtune / LLaMA-Factory tok/s | medtune / LLaMA-Factory peak RSS |\n|---|---|---|")
-    for variant in ("padding", "packing"):
-        (mt_tps, mt_rss), (lf_tps, lf_rss) = med["medtune", variant], med["llamafactory", variant]
-        print(f"| {variant} | {mt_tps / lf_tps:.2f}x | {mt_rss / lf_rss:.2f}x |")
-    counted = {r.get("real_tokens") for (t, _), runs in results.items() if t == "medtune" for r in runs}
-    print(f"\nmedtune's trained real tokens: {counted} (independent count {real_tokens:,})")
+    print("\n| run | / LLaMA-Factory tok/s | / LLaMA-Factory peak RSS |\n|---|---|---|")
+    for (toolkit, variant), (tps, rss) in med.items():
+        if toolkit != "llamafactory":
+            lf_tps, lf_rss = med["llamafactory", variant]
+            print(f"| {toolkit} {variant} | {tps / lf_tps:.2f}x | {rss / lf_rss:.2f}x |")
+    counted = {r.get("real_tokens") for (t, _), runs in results.items() if t != "llamafactory" for r in runs}
+    eff = {(t, v): runs[0].get("padding_efficiency") for (t, v), runs in results.items() if t != "llamafactory"}
+    print(f"\nmedtune's trained real tokens: {counted} (independent count {real_tokens:,}); padding efficiency {eff}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,15 @@ class Rows:
     def __len__(self) -> int:
         return len(self.bins) if self.bins is not None else len(self.indices)
 
+    def lengths(self) -> Any:
+        """Token count of each row in view order (numpy, from the length column alone), for the
+        length-grouped sampler; None for packed bins (they are all near max_length)."""
+        if self.bins is not None:
+            return None
+        import numpy as np
+
+        return _column(self.ds, "length")[np.asarray(self.indices, dtype=np.int64)]
+
     def _row(self, j: int) -> dict[str, list[int]]:
         r = self.ds[int(j)]
         return {"input_ids": r["input_ids"], "labels": r["labels"]}

@@ -9,7 +9,6 @@ before training and every `every_steps`, logs `retention_accuracy`, warns when i
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from medtune.config import Config, EvalConfig
 from medtune.errors import ConfigError
 from medtune.eval.scoring import LoglikScorer
 from medtune.eval.tasks import load_data, load_task, render_prompt
+from medtune.train.lean_loss import real_head
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class RetentionCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            with _real_head(model):
+            with real_head(model):
                 scorer = LoglikScorer(model, self.tokenizer, self.template)
                 scores = scorer.letters(self.prompts, self.letters)
         finally:
@@ -82,21 +82,3 @@ class RetentionCallback(TrainerCallback):
         return {"task": self.task, "questions": len(self.answers), "max_drop": self.max_drop,
                 "before": self.before, "after": self.history[-1]["accuracy"] if self.history else None,
                 "warned": self.warned, "history": self.history}
-
-
-@contextlib.contextmanager
-def _real_head(model: Any):
-    """With finetune.loss_chunk_size the LM head is swapped for one returning hidden states
-    (medtune.train.lean_loss); scoring needs logits, so put the real head back meanwhile."""
-    from medtune.train.lean_loss import HiddenHead
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings()
-    if isinstance(head, HiddenHead):
-        base.set_output_embeddings(head.head)
-        try:
-            yield
-        finally:
-            base.set_output_embeddings(head)
-    else:
-        yield

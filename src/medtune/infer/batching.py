@@ -1,12 +1,23 @@
-"""Dynamic batching on top of `model.generate`: concurrent requests share forward passes.
+"""Continuous batching: a new request joins the running batch between two decoding steps.
 
-One worker thread owns the model. It takes the requests that arrived within `max_wait_ms` (up to
-`max_batch_size`), groups them by sampling settings, and runs one left-padded `generate` per group.
-A per-row streamer hands each new token to its request, and a per-row stopping criterion ends rows
-that finished (end-of-turn, their own `max_new_tokens`) or were cancelled (client gone), so the batch
-only runs as long as someone is still listening. Standing on `generate` keeps every logits processor
-(repetition penalty, min_new_tokens, top-k/p) and every architecture's cache handling; requests that
-arrive during a batch wait for the next one. Beam search runs alone (it cannot stream).
+One worker thread owns the model and runs one decoding loop over every active row. Between two
+steps it admits what arrived (up to `max_batch_size` rows): the newcomers' prompts are prefilled
+together, left-padded, their first token is sampled and streamed at once, and their key/value
+cache is left-padded to the running batch's length and concatenated to it. Finished or cancelled
+rows leave the batch at once, and the columns that only padding still holds are cut. So a request
+waits for at most one prefill, never for a whole batch to finish (the batcher this replaced ran one
+`generate` per batch: at concurrency 8 a request waited 0.84 s p50 for its first token, 5× the
+0.15 s of concurrency 1).
+
+Every row has its own logits processors (transformers' repetition penalty, min_new_tokens,
+temperature, top-k, top-p: the ones `generate` applies, in its order) and its own seeded generator,
+so rows with different settings share a batch, and a seeded request gets the same answer whoever
+it shares the batch with. transformers' own continuous-batching manager has no repetition penalty
+or min_new_tokens, which medical base models need.
+
+Caches of other layouts (static, offloaded, state-space layers) cannot be padded this way: such
+models, and beam search (it cannot stream), run one `generate` per group as before, when the
+running batch is empty.
 """
 
 from __future__ import annotations
@@ -57,10 +68,12 @@ class Batcher:
         self.model, self.tokenizer, self.eos_ids = model, tokenizer, set(eos_ids)
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.pending: queue.Queue[Request] = queue.Queue()
-        self.active = 0  # requests inside a running batch (for /health and tests)
+        self.active = 0  # requests inside the running batch (for /health and tests)
         self.largest_batch = 0
+        self.joined = 0  # requests that joined a batch already decoding (continuous batching at work)
         self.finished: deque[tuple[str, int]] = deque(maxlen=64)  # (finish_reason, tokens) of recent requests
-        self.closing, self.running = False, []  # close(): cancel the running group, then stop
+        self.closing, self.running = False, []  # close(): cancel the running rows, then stop
+        self.joinable: bool | None = None  # can this model's cache be padded and joined? (known at first use)
         self.worker = threading.Thread(target=self._loop, name="medtune-batcher", daemon=True)
         self.worker.start()
 
@@ -78,39 +91,132 @@ class Batcher:
             self.worker.join(timeout)
 
     def _loop(self) -> None:
-        while True:
+        batch: _Decoding | None = None
+        waiting: deque[Request] = deque()  # beam search (and unjoinable models): run when nothing decodes
+        stop = False
+        while not (stop and batch is None and not waiting):
+            if batch is None and not waiting and not stop:
+                arrived, stop = self._gather(block=True)
+            else:
+                room = self.max_batch_size - (len(batch.rows) if batch else 0)
+                arrived, closed = self._gather(block=False, limit=max(room, 0))
+                stop = stop or closed
+            if stop:  # close(): nothing new starts; what is queued is cancelled
+                for r in [*arrived, *waiting]:
+                    self._finish(r, "cancelled")
+                arrived, waiting = [], deque()
+            joining = []
+            for r in arrived:
+                if r.cancelled.is_set():
+                    self._finish(r, "cancelled")
+                elif r.params.get("num_beams", 1) > 1 or self.joinable is False:
+                    waiting.append(r)
+                else:
+                    joining.append(r)
+            if joining:
+                batch = self._join(batch, joining, waiting)
+            if batch is not None:
+                batch = self._step(batch)
+            elif waiting:
+                self._run_waiting(waiting)
+
+    def _gather(self, block: bool, limit: int | None = None) -> tuple[list[Request], bool]:
+        """What arrived: blocking (idle) = the first request plus what comes within max_wait; else only
+        what is already queued, up to `limit`. Returns (requests, whether close() was called)."""
+        out: list[Request] = []
+        limit = self.max_batch_size if limit is None else limit
+        if block:
             first = self.pending.get()
-            if first is None:  # close()
-                while not self.pending.empty():
-                    if (r := self.pending.get_nowait()) is not None:
-                        self._finish(r, "cancelled")
-                return
-            batch = [first]
+            if first is None:
+                return out, True
+            out.append(first)
             deadline = time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+            while len(out) < limit and (left := deadline - time.monotonic()) > 0:
                 try:
                     nxt = self.pending.get(timeout=left)
                 except queue.Empty:
                     break
-                if nxt is None:  # close() while gathering: finish this batch, then stop
-                    self.pending.put(None)
-                    break
-                batch.append(nxt)
-            groups: dict[tuple, list[Request]] = {}
-            for r in batch:
-                if r.cancelled.is_set():
-                    self._finish(r, "cancelled")
-                    continue
-                key = tuple(r.params.get(k) for k in SAMPLING_KEYS)
-                groups.setdefault(key if r.params.get("num_beams", 1) == 1 else (id(r),), []).append(r)
-            for group in groups.values():
-                self.running = group
-                self.active += len(group)
-                self.largest_batch = max(self.largest_batch, len(group))
+                if nxt is None:
+                    return out, True
+                out.append(nxt)
+            return out, False
+        while len(out) < limit:
+            try:
+                nxt = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return out, True
+            out.append(nxt)
+        return out, False
+
+    def _run_waiting(self, waiting: deque[Request]) -> None:
+        """Beam search (and every request of a model whose cache cannot be joined): one `generate` per group
+        of equal settings, as the batcher always did."""
+        groups: dict[tuple, list[Request]] = {}
+        while waiting:
+            r = waiting.popleft()
+            key = tuple(r.params.get(k) for k in SAMPLING_KEYS)
+            groups.setdefault(key if r.params.get("num_beams", 1) == 1 else (id(r),), []).append(r)
+        for group in groups.values():
+            for part in (group[i:i + self.max_batch_size] for i in range(0, len(group), self.max_batch_size)):
+                self.running = part
+                self.active += len(part)
+                self.largest_batch = max(self.largest_batch, len(part))
                 try:
-                    self._run_isolated(group)
+                    self._run_isolated(part)
                 finally:
-                    self.active -= len(group)
+                    self.active -= len(part)
+                    self.running = []
+
+    def _join(self, batch: _Decoding | None, joining: list[Request], waiting: deque[Request]) -> _Decoding | None:
+        """Prefill the newcomers (together; one by one if that fails, so a bad row fails alone), stream
+        their first tokens, and join them to the running batch."""
+        rows = []
+        for r in joining:
+            try:
+                rows.append(_Row.make(r, self))
+            except Exception as e:  # a setting torch refuses (a seed out of range): this request only
+                self._finish(r, f"error: {e}")
+        if not rows:
+            return batch
+        try:
+            new = _Decoding.prefill(self, rows)
+        except _Unjoinable:
+            self.joinable = False
+            log.info("this model's cache cannot be joined between steps: one generate per batch instead")
+            waiting.extend(row.request for row in rows)
+            return batch
+        except Exception as e:
+            if len(rows) == 1:
+                log.warning("generation failed: %s", e)
+                self._finish(rows[0].request, f"error: {e}")
+                return batch
+            for row in rows:
+                batch = self._join(batch, [row.request], waiting)
+            return batch
+        self.joinable = True
+        if batch is not None:
+            self.joined += len(new.rows)
+        batch = new if batch is None else batch.merge(new)
+        return self._track(batch.without_done())
+
+    def _step(self, batch: _Decoding) -> _Decoding | None:
+        try:
+            batch.step()
+        except Exception as e:  # a failing step must not kill the server: its rows get the error
+            log.warning("a decoding step of %d rows failed: %s", len(batch.rows), e)
+            for row in batch.rows:
+                if not row.request.done:
+                    self._finish(row.request, f"error: {e}")
+            return self._track(None)
+        return self._track(batch.without_done())
+
+    def _track(self, batch: _Decoding | None) -> _Decoding | None:
+        self.running = [row.request for row in batch.rows] if batch else []
+        self.active = len(self.running)
+        self.largest_batch = max(self.largest_batch, self.active)
+        return batch
 
     def _run_isolated(self, group: list[Request]) -> None:
         """Run a group; if it fails, rerun its rows one by one, so one bad row (a setting generate()
@@ -181,6 +287,198 @@ class Batcher:
         r.finish_reason = reason
         self.finished.append((reason, len(r.tokens)))
         r.emit(None)
+
+
+class _Unjoinable(Exception):
+    """The model's cache has layers this batcher cannot pad and concatenate."""
+
+
+@dataclass
+class _Row:
+    """A request inside the decoding loop: its ids so far (for the repetition penalty), its logits
+    processors and its sampler."""
+
+    request: Request
+    ids: Any  # 1-D tensor, prompt + generated
+    processors: Any  # transformers.LogitsProcessorList
+    sample: bool
+    generator: Any  # torch.Generator seeded by the request, or None (the global RNG)
+
+    @classmethod
+    def make(cls, r: Request, batcher: Batcher) -> _Row:
+        import torch
+        from transformers import (
+            LogitsProcessorList,
+            MinNewTokensLengthLogitsProcessor,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        p, procs = r.params, LogitsProcessorList()
+        if p.get("repetition_penalty") not in (None, 1.0):
+            procs.append(RepetitionPenaltyLogitsProcessor(p["repetition_penalty"]))
+        if p.get("min_new_tokens"):
+            procs.append(MinNewTokensLengthLogitsProcessor(len(r.ids), p["min_new_tokens"], sorted(batcher.eos_ids)))
+        sample = bool(p.get("do_sample"))
+        if sample:
+            if p.get("temperature") not in (None, 1.0):
+                procs.append(TemperatureLogitsWarper(p["temperature"]))
+            if p.get("top_k"):
+                procs.append(TopKLogitsWarper(p["top_k"]))
+            if p.get("top_p") not in (None, 1.0):
+                procs.append(TopPLogitsWarper(p["top_p"]))
+        generator = torch.Generator().manual_seed(r.seed) if r.seed is not None else None
+        return cls(r, torch.tensor(r.ids, dtype=torch.long), procs, sample, generator)
+
+    def choose(self, logits: Any) -> int:
+        import torch
+
+        scores = logits[None].float()
+        if self.processors:
+            scores = self.processors(self.ids[None], scores)
+        if self.sample:
+            tok = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator))
+        else:
+            tok = int(scores.argmax(dim=-1))
+        self.ids = torch.cat([self.ids, self.ids.new_tensor([tok])])
+        return tok
+
+
+class _Decoding:
+    """The running batch: rows, their shared key/value cache (left-padded to one length), the 2-D
+    attention mask over it, each row's next position id and last token."""
+
+    def __init__(self, batcher: Batcher, rows: list[_Row], cache: Any, mask: Any, positions: Any) -> None:
+        self.batcher, self.rows, self.cache, self.mask, self.positions = batcher, rows, cache, mask, positions
+        self.last = positions.new_zeros(len(rows))
+
+    @classmethod
+    def prefill(cls, batcher: Batcher, rows: list[_Row]) -> _Decoding:
+        import torch
+        from transformers import DynamicCache
+
+        pad = batcher.tokenizer.pad_token_id
+        pad = 0 if pad is None else pad
+        width = max(len(row.request.ids) for row in rows)
+        ids = torch.tensor([[pad] * (width - len(row.request.ids)) + row.request.ids for row in rows])
+        mask = torch.tensor([[0] * (width - len(row.request.ids)) + [1] * len(row.request.ids) for row in rows])
+        cache = DynamicCache(config=batcher.model.config)
+        logits = _forward(batcher.model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache, prefill=True)
+        if not cache.layers or any(type(layer) not in _JOINABLE_LAYERS() for layer in cache.layers):
+            raise _Unjoinable
+        batch = cls(batcher, rows, cache, mask, mask.sum(-1))
+        batch.accept(logits)
+        return batch
+
+    def accept(self, logits: Any) -> None:
+        """Each row's next token from its own processors and sampler, streamed to its request."""
+        for i, row in enumerate(self.rows):
+            tok = row.choose(logits[i])
+            self.last[i] = tok
+            self.batcher._accept(row.request, [tok])
+
+    def step(self) -> None:
+        import torch
+
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        logits = _forward(self.batcher.model, self.last[:, None], self.mask, self.positions[:, None], self.cache)
+        self.positions = self.positions + 1
+        self.accept(logits)
+
+    def without_done(self) -> _Decoding | None:
+        """Drop finished and cancelled rows, then the leading columns that are padding in every row left."""
+        import torch
+
+        for row in self.rows:
+            if row.request.cancelled.is_set() and not row.request.done:
+                self.batcher._finish(row.request, "cancelled")
+        keep = [i for i, row in enumerate(self.rows) if not row.request.done]
+        if not keep:
+            return None
+        if len(keep) < len(self.rows):
+            idx = torch.tensor(keep)
+            self.cache.batch_select_indices(idx)
+            self.rows = [self.rows[i] for i in keep]
+            self.mask, self.positions, self.last = self.mask[idx], self.positions[idx], self.last[idx]
+            if (lead := int(self.mask.any(dim=0).int().argmax())) > 0:
+                _trim_left(self.cache, lead)
+                self.mask = self.mask[:, lead:]
+        return self
+
+    def merge(self, other: _Decoding) -> _Decoding:
+        """Join `other`'s rows: both caches left-padded to one length, then concatenated row-wise."""
+        import torch
+
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for batch in (self, other):
+            if (extra := width - batch.mask.shape[1]) > 0:
+                _pad_left(batch.cache, extra)
+                batch.mask = torch.cat([batch.mask.new_zeros(len(batch.rows), extra), batch.mask], dim=1)
+        for a, b in zip(self.cache.layers, other.cache.layers, strict=True):
+            if a.is_initialized and b.is_initialized:
+                a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
+        self.rows += other.rows
+        self.mask = torch.cat([self.mask, other.mask])
+        self.positions, self.last = torch.cat([self.positions, other.positions]), torch.cat([self.last, other.last])
+        return self
+
+
+def _JOINABLE_LAYERS() -> tuple[type, ...]:
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    return DynamicLayer, DynamicSlidingWindowLayer
+
+
+def _forward(model: Any, ids: Any, mask: Any, positions: Any, cache: Any, prefill: bool = False) -> Any:
+    """The last position's logits, [rows, vocab] (the prefill computes no logits for the prompt)."""
+    import torch
+
+    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "past_key_values": cache,
+              "use_cache": True}
+    with torch.no_grad():
+        try:
+            out = model(**kwargs, logits_to_keep=1) if prefill else model(**kwargs)
+        except TypeError as e:
+            if "logits_to_keep" not in str(e):
+                raise
+            out = model(**kwargs)
+    return out.logits[:, -1]
+
+
+def _pad_left(cache: Any, n: int) -> None:
+    """`n` empty (masked) positions before every row's cache. A sliding-window layer keeps only its
+    window: the new positions count in its length and fall out of the window when it is full."""
+    import torch
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    for layer in cache.layers:
+        if not layer.is_initialized or layer.keys.numel() == 0:
+            continue
+        shape = (*layer.keys.shape[:2], n, layer.keys.shape[3])
+        keys = torch.cat([layer.keys.new_zeros(shape), layer.keys], dim=-2)
+        values = torch.cat([layer.values.new_zeros((*shape[:3], layer.values.shape[3])), layer.values], dim=-2)
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length += n
+            keys, values = keys[:, :, -layer.sliding_window + 1:], values[:, :, -layer.sliding_window + 1:]
+        layer.keys, layer.values = keys, values
+
+
+def _trim_left(cache: Any, n: int) -> None:
+    """Remove the first `n` positions (padding in every row) from every layer."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    for layer in cache.layers:
+        if not layer.is_initialized or layer.keys.numel() == 0:
+            continue
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            first_stored = layer.cumulative_length - layer.keys.shape[-2]  # older positions left the window
+            cut = max(0, n - first_stored)
+            layer.cumulative_length -= n
+        else:
+            cut = n
+        layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
 
 
 class _RowStreamer:

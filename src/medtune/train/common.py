@@ -233,14 +233,15 @@ def make_trainer(cfg: Config, model: Any, args: Any, tokenizer: Any, train_set: 
     """transformers Trainer for the LM stages (sft, pt), with the lean loss when configured."""
     from transformers import Trainer
 
-    loss_func = None
-    if cfg.finetune.loss_chunk_size:
-        from medtune.train.lean_loss import install
+    from medtune.train.lean_loss import chunk_size_for, install
 
-        loss_func, restore = install(model, cfg.finetune.loss_chunk_size)
+    loss_func = restore = None
+    if chunk := chunk_size_for(model, cfg.finetune.loss_chunk_size):
+        loss_func, restore = install(model, chunk)
     trainer = _trainer_class(Trainer)(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                                       data_collator=collator, processing_class=tokenizer, compute_loss_func=loss_func)
-    trainer.restore_head = restore if loss_func else None  # put the real LM head back before saving
+    trainer.restore_head = restore  # put the real LM head back before saving
+    trainer.lengths = train_set.lengths() if cfg.data.group_by_length and hasattr(train_set, "lengths") else None
     if cfg.finetune.retention.task:
         from medtune.data.templates import load_template
         from medtune.eval.retention import RetentionCallback
@@ -250,17 +251,28 @@ def make_trainer(cfg: Config, model: Any, args: Any, tokenizer: Any, train_set: 
 
 
 def _trainer_class(base: Any) -> Any:
-    """The Trainer with a shuffling sampler that does not hold the epoch's order as a Python list."""
+    """The Trainer with shuffling samplers that do not hold the epoch's order as a Python list:
+    length-grouped when the trainer has the rows' `lengths` (data.group_by_length), else a permutation."""
 
     class MedtuneTrainer(base):
+        lengths: Any = None
+
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             from transformers.trainer_utils import has_length
 
             ds = self.train_dataset if train_dataset is None else train_dataset
             if ds is not None and has_length(ds) and self.args.train_sampling_strategy == "random":
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                if self.lengths is not None and ds is self.train_dataset:
+                    return LengthGrouped(self.lengths, self._train_batch_size, seed)
                 return Permutation(len(ds), seed)
             return super()._get_train_sampler(train_dataset)
+
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            from medtune.train.lean_loss import real_head
+
+            with real_head(self.model):
+                super()._save(output_dir, state_dict)
 
     return MedtuneTrainer
 
@@ -280,13 +292,54 @@ class Permutation:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Any:
+    def order(self) -> Any:
         import torch
 
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+
+    def __iter__(self) -> Any:
+        order = self.order()
         self.epoch += 1  # as accelerate's seedable sampler does when an epoch ends without set_epoch
         for chunk in order.split(8192):
             yield from chunk.tolist()
+
+
+class LengthGrouped(Permutation):
+    """A seeded shuffle whose consecutive `batch_size` rows have similar lengths, so padding is ~1% of a
+    batch instead of ~20% (the DataLoader cuts the stream into batches of exactly `batch_size`).
+
+    Each epoch: a random permutation, cut into groups of `group` batches (256: ≥ 98% real tokens on
+    lengths as spread as a log-normal with σ 0.6, where 64 gives 97%); each group sorted by length
+    and cut into batches; the batches shuffled (within the epoch, so the loss does not saw-tooth with
+    length), the longest batch first so a too-large batch fails at step 1, not hours in. The last
+    incomplete batch stays last. As `Permutation`: int64 tensors, the same order on every rank, and
+    seed + epoch, so a resumed run skips exactly the batches it had trained. (transformers'
+    LengthGroupedSampler does the same in Python lists, after reading every row to get its length.)"""
+
+    def __init__(self, lengths: Any, batch_size: int, seed: int, group: int = 256) -> None:
+        import torch
+
+        super().__init__(len(lengths), seed)
+        self.lengths = torch.as_tensor(lengths, dtype=torch.int64)
+        self.batch_size, self.group = batch_size, group
+
+    def order(self) -> Any:
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        span = self.batch_size * self.group
+        full = self.n - self.n % self.batch_size
+        sorted_parts = []
+        for start in range(0, full, span):
+            part = perm[start:min(start + span, full)]
+            sorted_parts.append(part[torch.argsort(self.lengths[part], descending=True, stable=True)])
+        batches = torch.cat(sorted_parts).view(-1, self.batch_size) if sorted_parts else perm[:0].view(0, self.batch_size)
+        batches = batches[torch.randperm(len(batches), generator=g)]
+        if len(batches):
+            longest = int(self.lengths[batches].max(dim=1).values.argmax())
+            batches[[0, longest]] = batches[[longest, 0]]
+        return torch.cat([batches.reshape(-1), perm[full:]])
 
 
 def train_and_save(cfg: Config, trainer: Any, tokenizer: Any, r: Run, metrics: dict[str, Any],
