@@ -55,6 +55,9 @@ class ModelConfig:
     # chatting with a tuned model.
     adapters: list[str] = field(default_factory=list)
     dtype: str = "float32"
+    # Attention kernel (transformers' attn_implementation). auto: flash_attention_2 on CUDA when flash-attn
+    # is installed and dtype is bfloat16/float16, else transformers' default (SDPA).
+    attn_implementation: str = "auto"
     trust_remote_code: bool = False
     # bitsandbytes quantisation of the base weights (4 or 8); `method: qlora` defaults to 4.
     quantization_bits: int | None = None
@@ -145,6 +148,10 @@ class FinetuneConfig:
     # (Gemma's 262k vocabulary). auto: chunks of ≤ 2^28 logits (1,024 tokens at 262k; one unchunked pass at
     # small vocabularies). null: the model's own loss over every position.
     loss_chunk_size: int | Literal["auto"] | None = "auto"
+    # Fused GPU kernels. auto: Liger Kernel (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU, through
+    # transformers' use_liger_kernel) when CUDA is present and `liger-kernel` is installed, else none (on
+    # CPU the lean loss above is the fast path). liger: required (an error without CUDA or the package).
+    kernels: Literal["auto", "liger", "none"] = "auto"
     # Stage grpo: the train.output_dir of an `rm` run, used as the reward function.
     reward_model: str | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)

@@ -104,6 +104,8 @@ def load_model(cfg: ModelConfig, merge_adapters: bool = True, quantization_bits:
     if not isinstance(dtype, torch.dtype):
         raise ConfigError(f"model.dtype {cfg.dtype!r} is not a torch dtype; use float32, bfloat16 or float16.")
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if attention := attn_implementation(cfg.attn_implementation, dtype):
+        kwargs["attn_implementation"] = attention
     if quantization_bits:
         kwargs.update(_bnb(quantization_bits, dtype))
     if reward_head:
@@ -116,6 +118,21 @@ def load_model(cfg: ModelConfig, merge_adapters: bool = True, quantization_bits:
     if merge_adapters:
         model = apply_adapters(model, chain, cfg.template, reward_head)
     return model, tokenizer, template
+
+
+def attn_implementation(setting: str, dtype: Any) -> str | None:
+    """`model.attn_implementation`: a name passes through; auto picks flash-attention 2 where it runs
+    (CUDA, the package installed, half-precision weights), else leaves transformers' default (SDPA)."""
+    import importlib.util
+
+    import torch
+
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and dtype in (torch.bfloat16, torch.float16) \
+            and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
 
 
 def _bnb(bits: int, dtype: Any) -> dict[str, Any]:

@@ -67,6 +67,10 @@ def training_arguments(cfg: Config, config_class: Any = None, **stage_defaults: 
         args["gradient_checkpointing"] = False  # TRL turns it on by default; at CPU sizes it only costs time
     if not torch.cuda.is_available():
         args.update(use_cpu=True, bf16=False, fp16=False)
+    elif "bf16" not in user and "fp16" not in user and torch.cuda.is_bf16_supported():
+        args["bf16"] = True  # mixed precision by default on GPUs that have bf16 (Ampere and later)
+    if kernels(cfg) == "liger" and "use_liger_kernel" in known:
+        args["use_liger_kernel"] = True
     if args.get("eval_strategy", "no") != "no" and "eval_steps" not in args:
         args["eval_steps"] = args.get("save_steps")
     try:
@@ -74,6 +78,22 @@ def training_arguments(cfg: Config, config_class: Any = None, **stage_defaults: 
     except (ValueError, TypeError) as e:
         raise ConfigError(f"Invalid train: settings: {e}") from None
     return parsed, resolve_resume(resume, parsed.output_dir)
+
+
+def kernels(cfg: Config) -> str | None:
+    """`finetune.kernels`, resolved: "liger" or None. auto takes Liger Kernel where it runs (CUDA, the
+    package installed); an explicit liger without them is a config error, before any work."""
+    import importlib.util
+
+    import torch
+
+    setting = cfg.finetune.kernels
+    usable = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    if setting == "liger" and not usable:
+        need = "pip install liger-kernel" if torch.cuda.is_available() else "a CUDA GPU (Triton kernels)"
+        raise ConfigError(f"finetune.kernels=liger needs {need}. On CPU leave finetune.kernels=auto: the lean "
+                          "loss (finetune.loss_chunk_size) is the fast path there.")
+    return "liger" if setting == "liger" or (setting == "auto" and usable) else None
 
 
 def _typed(config_class: Any, key: str, value: Any) -> Any:
@@ -236,7 +256,8 @@ def make_trainer(cfg: Config, model: Any, args: Any, tokenizer: Any, train_set: 
     from medtune.train.lean_loss import chunk_size_for, install
 
     loss_func = restore = None
-    if chunk := chunk_size_for(model, cfg.finetune.loss_chunk_size):
+    # Liger's fused linear cross-entropy is the GPU's lean loss; it needs the labels inside the model's forward.
+    if kernels(cfg) != "liger" and (chunk := chunk_size_for(model, cfg.finetune.loss_chunk_size)):
         loss_func, restore = install(model, chunk)
     trainer = _trainer_class(Trainer)(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                                       data_collator=collator, processing_class=tokenizer, compute_loss_func=loss_func)
