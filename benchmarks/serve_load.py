@@ -56,23 +56,31 @@ async def one(client: httpx.AsyncClient, url: str, q: str, max_tokens: int) -> d
             "latency": time.perf_counter() - start, "tokens": tokens}
 
 
-async def level(url: str, concurrency: int, n: int, max_tokens: int, timeout_s: float) -> dict:
+def tokens_for(i: int, max_tokens: int, mixed: bool) -> int:
+    """Request i's max_tokens: all equal, or (--mixed) spread over 0.5–1.5× so answers end at different
+    steps, as real ones do (the same sequence for every concurrency level and the baseline)."""
+    return max(1, round(max_tokens * (0.5 + (i * 0.6180339887) % 1))) if mixed else max_tokens
+
+
+async def level(url: str, concurrency: int, n: int, max_tokens: int, timeout_s: float, mixed: bool = False,
+                stagger_s: float = 0.0) -> dict:
     results: list[dict] = []
     todo = iter(range(n))
     deadline = time.perf_counter() + timeout_s
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: httpx.AsyncClient, j: int) -> None:
+        await asyncio.sleep(j * stagger_s)  # --mixed: clients arrive one after another, not all at t=0
         for i in todo:
             if time.perf_counter() > deadline:
                 return
             try:
-                results.append(await one(client, url, QUESTIONS[i % len(QUESTIONS)], max_tokens))
+                results.append(await one(client, url, QUESTIONS[i % len(QUESTIONS)], tokens_for(i, max_tokens, mixed)))
             except httpx.HTTPError as e:
                 results.append({"error": type(e).__name__})
 
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(client, j) for j in range(concurrency)))
     wall = time.perf_counter() - start
     ok = [r for r in results if "error" not in r]
     pct = lambda xs, p: statistics.quantiles(xs, n=100)[p - 1] if len(xs) > 1 else (xs[0] if xs else float("nan"))  # noqa: E731
@@ -99,7 +107,8 @@ def baseline(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         ids = torch.tensor([prompt_ids(tok, template, [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}])])
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_tokens,
+            out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=tokens_for(i, args.max_tokens, args.mixed),
                                  do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id,
                                  repetition_penalty=args.repetition_penalty)
         new = out[0, ids.shape[1]:].tolist()
@@ -123,6 +132,10 @@ def main() -> None:
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout-s", type=float, default=300)
+    ap.add_argument("--mixed", action="store_true",
+                    help="answers of 0.5-1.5x --max-tokens and clients starting --stagger-s apart (arrivals while "
+                         "others decode); default: equal answers, every client at t=0 (synchronised waves)")
+    ap.add_argument("--stagger-s", type=float, default=0.25)
     args = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,7 +156,8 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.5)
         rss_before = rss_mib(server.pid)
-        rows = {f"serve c={c}": asyncio.run(level(url, c, args.requests, args.max_tokens, args.timeout_s))
+        rows = {f"serve c={c}": asyncio.run(level(url, c, args.requests, args.max_tokens, args.timeout_s, args.mixed,
+                                                           args.stagger_s if args.mixed else 0.0))
                 for c in args.concurrency}
         rss_after = rss_mib(server.pid)
     finally:
@@ -151,7 +165,7 @@ def main() -> None:
         server.wait(timeout=30)
     rows["naive generate (one at a time)"] = baseline(args)
     base, c1 = rows["naive generate (one at a time)"], rows[f"serve c={args.concurrency[0]}"]
-    print(f"\nmodel {args.model}, {args.requests} requests × ≤{args.max_tokens} tokens, greedy, "
+    print(f"\nmodel {args.model}, {args.requests} requests × ≤{args.max_tokens} tokens, greedy{', mixed lengths, staggered arrivals' if args.mixed else ''}, "
           f"{args.threads} thread(s); server RSS {rss_before:.0f} → {rss_after:.0f} MiB\n")
     print("| run | ok | errors | req/s | tok/s | TTFT p50 / p95 s | latency p50 / p95 s | tok/s vs naive | vs c=1 |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -285,7 +285,11 @@ def _trainer_class(base: Any) -> Any:
             if ds is not None and has_length(ds) and self.args.train_sampling_strategy == "random":
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
                 if self.lengths is not None and ds is self.train_dataset:
-                    return LengthGrouped(self.lengths, self._train_batch_size, seed)
+                    # Grouped by the rows of one optimiser step, which accelerate deals out to the ranks and
+                    # micro-batches in order: 2 ranks × 4 rows, or 4 accumulated micro-batches of 2, train
+                    # exactly the step 1 process × 8 rows trains.
+                    step_rows = self._train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+                    return LengthGrouped(self.lengths, step_rows, seed)
                 return Permutation(len(ds), seed)
             return super()._get_train_sampler(train_dataset)
 
@@ -327,7 +331,8 @@ class Permutation:
 
 class LengthGrouped(Permutation):
     """A seeded shuffle whose consecutive `batch_size` rows have similar lengths, so padding is ~1% of a
-    batch instead of ~20% (the DataLoader cuts the stream into batches of exactly `batch_size`).
+    batch instead of ~20% (the DataLoader cuts the stream into batches of exactly `batch_size`; the
+    trainer passes the rows of one optimiser step, ranks × accumulation included, dealt out in order).
 
     Each epoch: a random permutation, cut into groups of `group` batches (256: ≥ 98% real tokens on
     lengths as spread as a log-normal with σ 0.6, where 64 gives 97%); each group sorted by length
