@@ -125,29 +125,23 @@ class Batcher:
         what is already queued, up to `limit`. Returns (requests, whether close() was called)."""
         out: list[Request] = []
         limit = self.max_batch_size if limit is None else limit
-        if block:
-            first = self.pending.get()
-            if first is None:
-                return out, True
-            out.append(first)
-            deadline = time.monotonic() + self.max_wait
-            while len(out) < limit and (left := deadline - time.monotonic()) > 0:
-                try:
-                    nxt = self.pending.get(timeout=left)
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    return out, True
-                out.append(nxt)
-            return out, False
+        deadline = None
         while len(out) < limit:
             try:
-                nxt = self.pending.get_nowait()
+                if not block:
+                    nxt = self.pending.get_nowait()
+                elif deadline is None:
+                    nxt = self.pending.get()
+                elif (left := deadline - time.monotonic()) > 0:
+                    nxt = self.pending.get(timeout=left)
+                else:
+                    break
             except queue.Empty:
                 break
             if nxt is None:
                 return out, True
             out.append(nxt)
+            deadline = deadline or time.monotonic() + self.max_wait
         return out, False
 
     def _run_waiting(self, waiting: deque[Request]) -> None:
