@@ -196,7 +196,7 @@ def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
     row that converts sets it, and a later row in the other style stops the run with both lines named
     (two sources were concatenated; their roles or system prompts may differ too). A turn or row that
     mixes the styles itself is dropped as `mixed_key_style`."""
-    seen: dict[str, str] = {}  # style -> where it was first used
+    first: dict[str, tuple[str, str]] = {}  # file -> (its key style, the row that set it)
 
     def convert(row: Any, where: str) -> Item:
         turns = _field(row, spec, "messages", where, default=default_key)
@@ -214,16 +214,14 @@ def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
             styles |= turn_styles
             content = turn.get("content", turn.get("value"))
             messages.append({"role": _SHAREGPT_ROLES[role], "content": _content(content, f"{default_key}[{i}].content")})
-        file = where.rsplit(":", 1)[0]  # a folder of shards: each file is checked on its own
-        for style in styles:
-            other = next((w for s, w in seen.items() if s != style and w.rsplit(":", 1)[0] == file), None)
-            if other:
-                raise DataError(f"{where}: the turns use {style} keys, but {other} used "
-                                f"{'from/value' if style == 'role/content' else 'role/content'}; a file holds one "
-                                f"key style (two sources were concatenated?). Convert one part, or split the file "
-                                f"into two datasets with `format: sharegpt` and `format: openai`.")
-            if seen.get(style, "").rsplit(":", 1)[0] != file:
-                seen[style] = where
+        if styles:  # one style: a row mixing them was dropped above
+            (style,) = styles
+            file = where.rsplit(":", 1)[0]  # a folder of shards: each file is checked on its own
+            was, at = first.setdefault(file, (style, where))
+            if was != style:
+                raise DataError(f"{where}: the turns use {style} keys, but {at} used {was}; a file holds one key "
+                                f"style (two sources were concatenated?). Convert one part, or split the file into "
+                                f"two datasets with `format: sharegpt` and `format: openai`.")
         # A row's own `meta` (e.g. medtune synth's provenance) travels into the prepared data.
         meta = row["meta"] if isinstance(row, dict) and isinstance(row.get("meta"), dict) else {}
         return _check_turns(Item(where, {"messages": messages}, raw=row, meta=meta))

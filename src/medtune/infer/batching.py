@@ -27,40 +27,17 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from medtune.infer.decoding import Decoding, Row, Unjoinable
+from medtune.infer.requests import (  # Request: the engines and tests import it from here
+    SAMPLING_KEYS,
+    Request,
+)
+
+__all__ = ["Batcher", "Request", "SAMPLING_KEYS"]
+
 log = logging.getLogger(__name__)
-
-SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "num_beams", "min_new_tokens")
-
-
-@dataclass
-class Request:
-    """One generation: prompt ids in, text deltas out through `emit(delta | None)` (None = finished)."""
-
-    ids: list[int]
-    params: dict[str, Any]
-    max_new_tokens: int
-    emit: Callable[[str | None], None]
-    seed: int | None = None
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    on_cancel: Callable[[], None] | None = None  # an engine's hook to stop work at once (vLLM abort)
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def cancel(self) -> None:
-        if not self.cancelled.is_set():
-            self.cancelled.set()
-            if self.on_cancel and not self.done:
-                self.on_cancel()
-
 
 class Batcher:
     def __init__(self, model: Any, tokenizer: Any, eos_ids: list[int], max_batch_size: int = 8,
@@ -91,7 +68,7 @@ class Batcher:
             self.worker.join(timeout)
 
     def _loop(self) -> None:
-        batch: _Decoding | None = None
+        batch: Decoding | None = None
         waiting: deque[Request] = deque()  # beam search (and unjoinable models): run when nothing decodes
         stop = False
         while not (stop and batch is None and not waiting):
@@ -163,20 +140,20 @@ class Batcher:
                     self.active -= len(part)
                     self.running = []
 
-    def _join(self, batch: _Decoding | None, joining: list[Request], waiting: deque[Request]) -> _Decoding | None:
+    def _join(self, batch: Decoding | None, joining: list[Request], waiting: deque[Request]) -> Decoding | None:
         """Prefill the newcomers (together; one by one if that fails, so a bad row fails alone), stream
         their first tokens, and join them to the running batch."""
         rows = []
         for r in joining:
             try:
-                rows.append(_Row.make(r, self))
+                rows.append(Row.make(r, self))
             except Exception as e:  # a setting torch refuses (a seed out of range): this request only
                 self._finish(r, f"error: {e}")
         if not rows:
             return batch
         try:
-            new = _Decoding.prefill(self, rows)
-        except _Unjoinable:
+            new = Decoding.prefill(self, rows)
+        except Unjoinable:
             self.joinable = False
             log.info("this model's cache cannot be joined between steps: one generate per batch instead")
             waiting.extend(row.request for row in rows)
@@ -195,7 +172,7 @@ class Batcher:
         batch = new if batch is None else batch.merge(new)
         return self._track(batch.without_done())
 
-    def _step(self, batch: _Decoding) -> _Decoding | None:
+    def _step(self, batch: Decoding) -> Decoding | None:
         try:
             batch.step()
         except Exception as e:  # a failing step must not kill the server: its rows get the error
@@ -206,7 +183,7 @@ class Batcher:
             return self._track(None)
         return self._track(batch.without_done())
 
-    def _track(self, batch: _Decoding | None) -> _Decoding | None:
+    def _track(self, batch: Decoding | None) -> Decoding | None:
         self.running = [row.request for row in batch.rows] if batch else []
         self.active = len(self.running)
         self.largest_batch = max(self.largest_batch, self.active)
@@ -281,198 +258,6 @@ class Batcher:
         r.finish_reason = reason
         self.finished.append((reason, len(r.tokens)))
         r.emit(None)
-
-
-class _Unjoinable(Exception):
-    """The model's cache has layers this batcher cannot pad and concatenate."""
-
-
-@dataclass
-class _Row:
-    """A request inside the decoding loop: its ids so far (for the repetition penalty), its logits
-    processors and its sampler."""
-
-    request: Request
-    ids: Any  # 1-D tensor, prompt + generated
-    processors: Any  # transformers.LogitsProcessorList
-    sample: bool
-    generator: Any  # torch.Generator seeded by the request, or None (the global RNG)
-
-    @classmethod
-    def make(cls, r: Request, batcher: Batcher) -> _Row:
-        import torch
-        from transformers import (
-            LogitsProcessorList,
-            MinNewTokensLengthLogitsProcessor,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        p, procs = r.params, LogitsProcessorList()
-        if p.get("repetition_penalty") not in (None, 1.0):
-            procs.append(RepetitionPenaltyLogitsProcessor(p["repetition_penalty"]))
-        if p.get("min_new_tokens"):
-            procs.append(MinNewTokensLengthLogitsProcessor(len(r.ids), p["min_new_tokens"], sorted(batcher.eos_ids)))
-        sample = bool(p.get("do_sample"))
-        if sample:
-            if p.get("temperature") not in (None, 1.0):
-                procs.append(TemperatureLogitsWarper(p["temperature"]))
-            if p.get("top_k"):
-                procs.append(TopKLogitsWarper(p["top_k"]))
-            if p.get("top_p") not in (None, 1.0):
-                procs.append(TopPLogitsWarper(p["top_p"]))
-        generator = torch.Generator().manual_seed(r.seed) if r.seed is not None else None
-        return cls(r, torch.tensor(r.ids, dtype=torch.long), procs, sample, generator)
-
-    def choose(self, logits: Any) -> int:
-        import torch
-
-        scores = logits[None].float()
-        if self.processors:
-            scores = self.processors(self.ids[None], scores)
-        if self.sample:
-            tok = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator))
-        else:
-            tok = int(scores.argmax(dim=-1))
-        self.ids = torch.cat([self.ids, self.ids.new_tensor([tok])])
-        return tok
-
-
-class _Decoding:
-    """The running batch: rows, their shared key/value cache (left-padded to one length), the 2-D
-    attention mask over it, each row's next position id and last token."""
-
-    def __init__(self, batcher: Batcher, rows: list[_Row], cache: Any, mask: Any, positions: Any) -> None:
-        self.batcher, self.rows, self.cache, self.mask, self.positions = batcher, rows, cache, mask, positions
-        self.last = positions.new_zeros(len(rows))
-
-    @classmethod
-    def prefill(cls, batcher: Batcher, rows: list[_Row]) -> _Decoding:
-        import torch
-        from transformers import DynamicCache
-
-        pad = batcher.tokenizer.pad_token_id
-        pad = 0 if pad is None else pad
-        width = max(len(row.request.ids) for row in rows)
-        ids = torch.tensor([[pad] * (width - len(row.request.ids)) + row.request.ids for row in rows])
-        mask = torch.tensor([[0] * (width - len(row.request.ids)) + [1] * len(row.request.ids) for row in rows])
-        cache = DynamicCache(config=batcher.model.config)
-        logits = _forward(batcher.model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache, prefill=True)
-        if not cache.layers or any(type(layer) not in _JOINABLE_LAYERS() for layer in cache.layers):
-            raise _Unjoinable
-        batch = cls(batcher, rows, cache, mask, mask.sum(-1))
-        batch.accept(logits)
-        return batch
-
-    def accept(self, logits: Any) -> None:
-        """Each row's next token from its own processors and sampler, streamed to its request."""
-        for i, row in enumerate(self.rows):
-            tok = row.choose(logits[i])
-            self.last[i] = tok
-            self.batcher._accept(row.request, [tok])
-
-    def step(self) -> None:
-        import torch
-
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        logits = _forward(self.batcher.model, self.last[:, None], self.mask, self.positions[:, None], self.cache)
-        self.positions = self.positions + 1
-        self.accept(logits)
-
-    def without_done(self) -> _Decoding | None:
-        """Drop finished and cancelled rows, then the leading columns that are padding in every row left."""
-        import torch
-
-        for row in self.rows:
-            if row.request.cancelled.is_set() and not row.request.done:
-                self.batcher._finish(row.request, "cancelled")
-        keep = [i for i, row in enumerate(self.rows) if not row.request.done]
-        if not keep:
-            return None
-        if len(keep) < len(self.rows):
-            idx = torch.tensor(keep)
-            self.cache.batch_select_indices(idx)
-            self.rows = [self.rows[i] for i in keep]
-            self.mask, self.positions, self.last = self.mask[idx], self.positions[idx], self.last[idx]
-            if (lead := int(self.mask.any(dim=0).int().argmax())) > 0:
-                _trim_left(self.cache, lead)
-                self.mask = self.mask[:, lead:]
-        return self
-
-    def merge(self, other: _Decoding) -> _Decoding:
-        """Join `other`'s rows: both caches left-padded to one length, then concatenated row-wise."""
-        import torch
-
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        for batch in (self, other):
-            if (extra := width - batch.mask.shape[1]) > 0:
-                _pad_left(batch.cache, extra)
-                batch.mask = torch.cat([batch.mask.new_zeros(len(batch.rows), extra), batch.mask], dim=1)
-        for a, b in zip(self.cache.layers, other.cache.layers, strict=True):
-            if a.is_initialized and b.is_initialized:
-                a.keys, a.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
-        self.rows += other.rows
-        self.mask = torch.cat([self.mask, other.mask])
-        self.positions, self.last = torch.cat([self.positions, other.positions]), torch.cat([self.last, other.last])
-        return self
-
-
-def _JOINABLE_LAYERS() -> tuple[type, ...]:
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    return DynamicLayer, DynamicSlidingWindowLayer
-
-
-def _forward(model: Any, ids: Any, mask: Any, positions: Any, cache: Any, prefill: bool = False) -> Any:
-    """The last position's logits, [rows, vocab] (the prefill computes no logits for the prompt)."""
-    import torch
-
-    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "past_key_values": cache,
-              "use_cache": True}
-    with torch.no_grad():
-        try:
-            out = model(**kwargs, logits_to_keep=1) if prefill else model(**kwargs)
-        except TypeError as e:
-            if "logits_to_keep" not in str(e):
-                raise
-            out = model(**kwargs)
-    return out.logits[:, -1]
-
-
-def _pad_left(cache: Any, n: int) -> None:
-    """`n` empty (masked) positions before every row's cache. A sliding-window layer keeps only its
-    window: the new positions count in its length and fall out of the window when it is full."""
-    import torch
-    from transformers.cache_utils import DynamicSlidingWindowLayer
-
-    for layer in cache.layers:
-        if not layer.is_initialized or layer.keys.numel() == 0:
-            continue
-        shape = (*layer.keys.shape[:2], n, layer.keys.shape[3])
-        keys = torch.cat([layer.keys.new_zeros(shape), layer.keys], dim=-2)
-        values = torch.cat([layer.values.new_zeros((*shape[:3], layer.values.shape[3])), layer.values], dim=-2)
-        if isinstance(layer, DynamicSlidingWindowLayer):
-            layer.cumulative_length += n
-            keys, values = keys[:, :, -layer.sliding_window + 1:], values[:, :, -layer.sliding_window + 1:]
-        layer.keys, layer.values = keys, values
-
-
-def _trim_left(cache: Any, n: int) -> None:
-    """Remove the first `n` positions (padding in every row) from every layer."""
-    from transformers.cache_utils import DynamicSlidingWindowLayer
-
-    for layer in cache.layers:
-        if not layer.is_initialized or layer.keys.numel() == 0:
-            continue
-        if isinstance(layer, DynamicSlidingWindowLayer):
-            first_stored = layer.cumulative_length - layer.keys.shape[-2]  # older positions left the window
-            cut = max(0, n - first_stored)
-            layer.cumulative_length -= n
-        else:
-            cut = n
-        layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
 
 
 class _RowStreamer:

@@ -37,12 +37,17 @@ def chunk_size_for(model: Any, setting: int | str | None) -> int | None:
     size there is a config error (see `install`)."""
     if setting != "auto":
         return setting or None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     if _softcapped(base):
         log.info("finetune.loss_chunk_size=auto: this model soft-caps its logits; using its own loss")
         return None
     vocab = base.get_output_embeddings().weight.shape[0]
     return max(256, AUTO_LOGITS // vocab)
+
+
+def _base(model: Any) -> Any:
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _softcapped(base: Any) -> bool:
@@ -63,7 +68,7 @@ class HiddenHead(torch.nn.Module):
 
 def install(model: Any, chunk_size: int) -> tuple[Any, Any]:
     """Swap the LM head; return (compute_loss_func for the Trainer, a function that restores the head)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     if _softcapped(base):
         raise ConfigError("finetune.loss_chunk_size does not support models with final_logit_softcapping "
                           "(Gemma 2); leave it unset for this model.")
@@ -87,11 +92,11 @@ def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.L
     h, y = h[keep], y[keep]
     total = hidden.sum() * 0.0  # keeps the graph alive for a batch with no supervised token
     if y.numel() <= chunk_size:  # one chunk: its logits are no bigger than a chunk's; nothing to recompute
-        return (total + _ce_sum(h, y, head.weight, head.bias)) / (num_items_in_batch if num_items_in_batch
-                                                                   is not None else max(y.numel(), 1))
-    for start in range(0, y.numel(), chunk_size):
-        total = total + checkpoint(_ce_sum, h[start:start + chunk_size], y[start:start + chunk_size],
-                                   head.weight, head.bias, use_reentrant=False)
+        total = total + _ce_sum(h, y, head.weight, head.bias)
+    else:
+        for start in range(0, y.numel(), chunk_size):
+            total = total + checkpoint(_ce_sum, h[start:start + chunk_size], y[start:start + chunk_size],
+                                       head.weight, head.bias, use_reentrant=False)
     count = num_items_in_batch if num_items_in_batch is not None else max(y.numel(), 1)
     return total / count
 
@@ -104,7 +109,7 @@ def _ce_sum(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.
 def real_head(model: Any) -> Any:
     """The real LM head in place for a while: scoring needs logits, and a checkpoint must hold the model's
     own module names (a tied head saved as `lm_head.head.weight` is refused by transformers)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     head = base.get_output_embeddings()
     if not isinstance(head, HiddenHead):
         yield
