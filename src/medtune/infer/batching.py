@@ -9,8 +9,9 @@ waits for at most one prefill, never for a whole batch to finish (the batcher th
 `generate` per batch: at concurrency 8 a request waited 0.84 s p50 for its first token, 5× the
 0.15 s of concurrency 1).
 
-Every row has its own logits processors (transformers' repetition penalty, min_new_tokens,
-temperature, top-k, top-p: the ones `generate` applies, in its order) and its own seeded generator,
+Every row has its own penalties and warpers (repetition penalty and min_new_tokens with
+transformers' arithmetic, applied in place; transformers' temperature, top-k and top-p warpers: the
+ones `generate` applies, in its order) and its own seeded generator,
 so rows with different settings share a batch, and a seeded request gets the same answer whoever
 it shares the batch with. transformers' own continuous-batching manager has no repetition penalty
 or min_new_tokens, which medical base models need.
