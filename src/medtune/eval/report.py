@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from medtune.data.io import atomic_write_text
-from medtune.eval.summary import METRICS
+from medtune.eval.summary import metric_keys
 
 Block = tuple[Any, ...]
 SECTIONS = (("medical", "Medical knowledge and QA"), ("safety", "Safety"),
             ("general", "General-knowledge retention (forgetting)"))
 LABELS = {"accuracy": "accuracy", "rouge_l": "ROUGE-L", "bleu1": "BLEU-1", "bleu4": "BLEU-4", "ap": "MAP",
-          "p_at_1": "P@1", "refused": "refusal rate"}
+          "p_at_1": "P@1", "refused": "refusal rate", "accuracy_norm_char": "acc_norm (per char)",
+          "accuracy_norm_token": "acc_norm (per token)"}
 
 
 def pct(x: float) -> str:
@@ -47,7 +48,7 @@ def headline_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
         if task["group"] != group:
             continue
         for mode, block in task["modes"].items():
-            for key in _keys(task):
+            for key in _keys(task, mode):
                 cells = [name, mode, metric_name(task, key), str(max((b["n"] for b in block["models"].values()),
                                                                       default=0))]
                 cells += [ci(block["models"][m]["metrics"][key]) if m in block["models"] else "n/a" for m in models]
@@ -57,9 +58,9 @@ def headline_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
     return rows
 
 
-def _keys(task: dict[str, Any]) -> list[str]:
+def _keys(task: dict[str, Any], mode: str) -> list[str]:
     # BLEU-1 lives in the open-QA details table; the headline keeps the rest.
-    return [k for k in METRICS[task["type"]] if k != "bleu1"]
+    return [k for k in metric_keys(task["type"], mode) if k != "bleu1"]
 
 
 def build(summary: dict[str, Any], results: dict[str, Any], charts: dict[str, str]) -> list[Block]:
@@ -91,7 +92,10 @@ def build(summary: dict[str, Any], results: dict[str, Any], charts: dict[str, st
 def _mc_details(summary: dict[str, Any], charts: dict[str, str]) -> list[Block]:
     b: list[Block] = [("h", 2, "Multiple-choice details"),
                       ("p", "Parse failures: generated answers the strict extractor could not read (B超, CT and "
-                            "other letters inside words never count). The letter histograms expose position bias.")]
+                            "other letters inside words never count). The letter histograms expose position bias: "
+                            "a small model scored on option letters often picks one letter for nearly every "
+                            "question; the cloze mode (the question alone, each option's text scored as the "
+                            "reply) does not depend on letters.")]
     for name, task in summary["tasks"].items():
         if task["type"] != "multiple_choice":
             continue

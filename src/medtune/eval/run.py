@@ -27,7 +27,7 @@ from medtune.eval.tasks import Task, TaskData, load_data, load_task, render_prom
 from medtune.model.load import tuned_model
 
 log = logging.getLogger(__name__)
-MODES = ("loglik", "generate")
+MODES = ("loglik", "cloze", "generate")
 
 
 def run(cfg: Config) -> Path:
@@ -174,6 +174,8 @@ def run_mc(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dic
             pred = max(lp, key=lambda k: lp[k])
             out["loglik"].append({**base[i], "pred": pred, "correct": int(pred == items[i].answer),
                                   "logprobs": {k: round(v, 4) for k, v in lp.items()}})
+    if "cloze" in ev.modes and s.scorer is not None:
+        out["cloze"] = run_cloze(td, s, base)
     if "generate" in ev.modes:
         outputs = s.generate(task.name, [x.id for x in items], prompts, ev.mc_max_new_tokens, ev.batch_size)
         out["generate"] = []
@@ -182,6 +184,31 @@ def run_mc(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dic
             out["generate"].append({**b, "output": o, "pred": pred, "correct": int(pred == x.answer),
                                     "partial": _partial(pred, x.answer)})
     return out
+
+
+def run_cloze(td: TaskData, s: Subject, base: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each single-answer item scored in the cloze formulation: the question alone, every option's
+    text as the assistant's reply. The prediction is the option with the highest summed log-prob
+    (lm-eval's acc), or the highest per character / per token (acc_norm), so a small model's
+    preference for the first letter cannot decide the answer."""
+    task, items = td.task, td.items
+    shots = [{"question": x.question, "options": x.options, "answer": x.answer} for x in td.shots if not x.multi]
+    single = [i for i, x in enumerate(items) if not x.multi]
+    prompts = [_user(render_prompt(task, cloze=True, question=items[i].question, shots=shots)) for i in single]
+    scored = s.scorer.options(prompts, [list(items[i].options.values()) for i in single])
+    rows = []
+    for i, per_option in zip(single, scored, strict=True):
+        x, letters = items[i], list(items[i].options)
+        by = {"": [lp for lp, _ in per_option],
+              "_norm_char": [lp / max(len(x.options[k]), 1) for k, (lp, _) in zip(letters, per_option, strict=True)],
+              "_norm_token": [lp / max(n, 1) for lp, n in per_option]}
+        row = {**base[i], "logprobs": {k: round(lp, 4) for k, (lp, _) in zip(letters, per_option, strict=True)},
+               "tokens": {k: n for k, (_, n) in zip(letters, per_option, strict=True)}}
+        for suffix, values in by.items():
+            pred = letters[max(range(len(values)), key=values.__getitem__)]
+            row[f"pred{suffix}"], row[f"correct{suffix}"] = pred, int(pred == x.answer)
+        rows.append(row)
+    return rows
 
 
 def _partial(pred: str | None, gold: str) -> float:

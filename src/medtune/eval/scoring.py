@@ -71,6 +71,17 @@ class LoglikScorer:
         pairs = [self._split(self.prompt_text(m), a) for m, a in zip(prompts, answers, strict=True)]
         return [sum(lp) / len(lp) if lp else -math.inf for lp in self.continuations(pairs)]
 
+    def options(self, prompts: list[list[dict[str, str]]], options: list[list[str]]) -> list[list[tuple[float, int]]]:
+        """Cloze scoring: each option's text as the assistant's reply, (summed log-prob, tokens) per
+        option. The caller normalises (per character, per token) as lm-eval's acc_norm does."""
+        pairs, shape = [], []
+        for messages, texts in zip(prompts, options, strict=True):
+            text = self.prompt_text(messages)
+            pairs += [self._split(text, t) for t in texts]
+            shape.append(len(texts))
+        scored = iter(self.continuations(pairs))
+        return [[(sum(lp), len(lp)) for lp in (next(scored) for _ in range(n))] for n in shape]
+
     def continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         """Per-token log-probs of each continuation given its context."""
         out: list[list[float]] = [[] for _ in pairs]

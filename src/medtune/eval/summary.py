@@ -20,14 +20,23 @@ METRICS = {"multiple_choice": ["accuracy"], "open_qa": ["rouge_l", "bleu1", "ble
            "refusal": ["refused"], "ranking": ["ap", "p_at_1"]}
 
 
-def item_scores(task: Task, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+# Cloze multiple choice also reports lm-eval's acc_norm: the option's log-prob per character / per token.
+MODE_METRICS = {("multiple_choice", "cloze"): ["accuracy", "accuracy_norm_char", "accuracy_norm_token"]}
+
+
+def metric_keys(task_type: str, mode: str) -> list[str]:
+    return MODE_METRICS.get((task_type, mode), METRICS[task_type])
+
+
+def item_scores(task: Task, rows: list[dict[str, Any]], mode: str = "") -> dict[str, dict[str, float]]:
     """base item id → metric → score (option orders of one question averaged)."""
     if task.type != "multiple_choice":
         return {r["id"]: {k: float(r[k]) for k in METRICS[task.type]} for r in rows}
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[r["base_id"]].append(r)
-    return {k: {"accuracy": sum(r["correct"] for r in g) / len(g)} for k, g in groups.items()}
+    fields = {k: "correct" + k.removeprefix("accuracy") for k in metric_keys(task.type, mode)}
+    return {k: {key: sum(r[f] for r in g) / len(g) for key, f in fields.items()} for k, g in groups.items()}
 
 
 def _metric(values: list[float], ev: EvalConfig) -> dict[str, float]:
@@ -36,10 +45,10 @@ def _metric(values: list[float], ev: EvalConfig) -> dict[str, float]:
 
 
 def describe(task: TaskData, rows: list[dict[str, Any]], scores: dict[str, dict[str, float]],
-             ev: EvalConfig) -> dict[str, Any]:
+             ev: EvalConfig, mode: str = "") -> dict[str, Any]:
     t = task.task
     out: dict[str, Any] = {"n": len(scores), "metrics": {k: _metric([s[k] for s in scores.values()], ev)
-                                                         for k in METRICS[t.type]}}
+                                                         for k in metric_keys(t.type, mode)}}
     if t.type == "multiple_choice":
         out.update(_mc_details(task, rows))
     elif t.type == "open_qa":
@@ -93,8 +102,9 @@ def summarise(tasks: list[Task], data: dict[str, TaskData], results: dict[str, d
                                  "dropped": dict(Counter(d.reason for d in td.dropped)), "modes": {}}
         modes = sorted({mode for m in models for mode in results[t.name][m]})
         for mode in modes:
-            scores = {m: item_scores(t, results[t.name][m][mode]) for m in models if mode in results[t.name][m]}
-            block: dict[str, Any] = {"models": {m: describe(td, results[t.name][m][mode], scores[m], ev)
+            scores = {m: item_scores(t, results[t.name][m][mode], mode) for m in models
+                      if mode in results[t.name][m]}
+            block: dict[str, Any] = {"models": {m: describe(td, results[t.name][m][mode], scores[m], ev, mode)
                                                 for m in scores}, "vs_reference": {}}
             for m in scores:
                 if m == ref or ref not in scores:
@@ -102,7 +112,7 @@ def summarise(tasks: list[Task], data: dict[str, TaskData], results: dict[str, d
                 common = sorted(set(scores[ref]) & set(scores[m]))
                 block["vs_reference"][m] = {
                     k: metrics.paired_bootstrap([scores[ref][i][k] for i in common], [scores[m][i][k] for i in common],
-                                                ev.bootstrap, ev.seed) for k in METRICS[t.type]}
+                                                ev.bootstrap, ev.seed) for k in metric_keys(t.type, mode)}
             entry["modes"][mode] = block
         out["tasks"][t.name] = entry
     return out

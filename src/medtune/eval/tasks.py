@@ -41,6 +41,7 @@ class Task:
     format: str = "unified"
     group: str = "medical"
     prompt: str | None = None  # a file in medtune/eval/prompts, a path, or inline Jinja
+    cloze_prompt: str = "cloze_zh.jinja"  # multiple choice, cloze mode: the question without its options
     prompt_vars: dict[str, Any] = field(default_factory=dict)
     category: str | None = None
     # refusal tasks: refuse (harmful requests: refusal rate) | answer (benign: over-refusal rate)
@@ -149,12 +150,12 @@ def permuted(items: list[MCItem], n: int) -> list[MCItem]:
     return out
 
 
-def render_prompt(task: Task, **values: Any) -> str:
-    return _compile(_prompt_source(task)).render(**task.prompt_vars, **values)
+def render_prompt(task: Task, cloze: bool = False, **values: Any) -> str:
+    spec = task.cloze_prompt if cloze else task.prompt or DEFAULT_PROMPTS[task.type]
+    return _compile(_prompt_source(task, spec)).render(**task.prompt_vars, **values)
 
 
-def _prompt_source(task: Task) -> str:
-    spec = task.prompt or DEFAULT_PROMPTS[task.type]
+def _prompt_source(task: Task, spec: str) -> str:
     if "{{" in spec:
         return spec
     for candidate in (PROMPT_DIR / spec, task.path(spec)):
