@@ -24,6 +24,7 @@ from medtune.errors import ConfigError
 
 # The schema's classes are part of this module's API (re-exported).
 from medtune.schema import (  # noqa: F401
+    ApiModelConfig,
     ChatConfig,
     CompareConfig,
     Config,

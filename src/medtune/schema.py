@@ -202,6 +202,10 @@ class EvalModelConfig:
     template: str | None = None  # default model.template: base and tuned are prompted alike
     # JSONL of {task, id, output} produced elsewhere (an API, another harness): scored like generations.
     predictions: str | None = None
+    # An OpenAI-compatible server (a hosted model, vLLM, another medtune serve): generation tasks go
+    # through its chat API; the log-likelihood modes need weights and are skipped for it, with a note.
+    endpoint: ApiModelConfig | None = None
+    engine: str = "hf"  # weights loaded here: hf (transformers) or vllm (CUDA; generation only)
 
 
 @dataclass
@@ -238,6 +242,19 @@ class EndpointConfig:
     # The key is read from this environment variable (never from the config, never logged).
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 120.0  # seconds per request
+
+
+@dataclass
+class ApiModelConfig(EndpointConfig):
+    """An endpoint used as a model under test or as a judge: where it is, how politely to call it
+    (the same knobs as synth's), and what its tokens cost."""
+
+    concurrency: int = 4
+    max_retries: int = 5  # on 429, 5xx, timeouts and refused connections; other errors stop the run
+    backoff: float = 1.0
+    requests_per_minute: float | None = None
+    price_per_1k_prompt: float = 0.0
+    price_per_1k_completion: float = 0.0
 
 
 @dataclass

@@ -163,8 +163,8 @@ def _samples(summary: dict[str, Any], results: dict[str, Any], k: int, seed: int
 
 
 def _card(card: dict[str, Any]) -> list[Block]:
-    models = [[m["name"], m["name_or_path"] or "(config model)", ", ".join(m["adapters"]) or "—",
-               m["predictions"] or "—"] for m in card["models"]]
+    models = [[m["name"], (m["endpoint"] or {}).get("base_url") or m["name_or_path"] or "(config model)",
+               ", ".join(m["adapters"]) or "—", m["predictions"] or "—"] for m in card["models"]]
     files = [[name, t["type"], t["group"], str(t["items"]), str(t["shots"]), str(t["dropped"]), t["license"] or "—",
               "<br>".join(f"{f} `{h}`" for f, h in t["files"].items())] for name, t in card["tasks"].items()]
     d = card["decoding"]
@@ -175,6 +175,15 @@ def _card(card: dict[str, Any]) -> list[Block]:
                 for m, t in card.get("training", {}).items()]
     extra: list[Block] = [("table", ["model", "eval loss before", "eval loss after", "training examples", "steps",
                                      "retention during training"], training)] if training else []
+    notes = card.get("model_notes", {})
+    if skipped := [[m, ", ".join(n["skipped_modes"]["modes"]), n["skipped_modes"]["why"]]
+                   for m, n in notes.items() if "skipped_modes" in n]:
+        extra.append(("table", ["model", "modes not scored", "why"], skipped))
+    if api := [[m, n["api"]["model"], n["api"]["base_url"], str(n["api"]["requests"]), str(n["api"]["retries"]),
+                f"{n['api']['prompt_tokens']:,}", f"{n['api']['completion_tokens']:,}", f"{n['api']['cost']:.4f}"]
+               for m, n in notes.items() if "api" in n]:
+        extra.append(("table", ["model", "API model", "endpoint", "requests", "retries", "prompt tokens",
+                                "completion tokens", "cost"], api))
     return [("h", 2, "Run card"),
             ("p", f"medtune {card['medtune']}, {card['date']}; chat template `{card['template']}`; decoding: greedy, "
                   f"repetition_penalty {d['repetition_penalty']}, max_new_tokens {d['mc_max_new_tokens']} "

@@ -45,12 +45,14 @@ def run(cfg: Config) -> Path:
     rules = RefusalRules.load(ev.refusal_rules)
     out = output_dir(cfg)
     results: dict[str, dict[str, Any]] = {t.name: {} for t in tasks}
+    notes: dict[str, dict[str, Any]] = {}  # per model: why log-likelihood was skipped, what an API cost
     for m in models:
         subject = Subject.open(m, cfg)
         for t in tasks:
             start = time.perf_counter()
             results[t.name][m.name] = RUNNERS[t.type](data[t.name], subject, ev, rules)
             log.info("%s / %s: %.1f s", m.name, t.name, time.perf_counter() - start)
+        notes[m.name] = subject.notes(ev)
         subject.close()
     from medtune.eval.report import write_report
     from medtune.eval.summary import summarise
@@ -58,6 +60,7 @@ def run(cfg: Config) -> Path:
 
     summary = summarise(tasks, data, results, [m.name for m in models], ev)
     summary["card"] = run_card(cfg, models, data, rules)
+    summary["card"]["model_notes"] = {k: v for k, v in notes.items() if v}
     with staged(out) as tmp:  # swapped in whole: never new predictions beside an old results.json
         for t in tasks:
             for m in models:
@@ -94,32 +97,44 @@ def eval_models(cfg: Config) -> list[EvalModelConfig]:
 
 
 class Subject:
-    """A model under test: generation through the ChatEngine (batched), log-likelihood through its
-    weights; or a predictions file, which can only be scored on generations."""
+    """A model under test, whatever answers: a local engine (hf: generation batched through the
+    ChatEngine, log-likelihood through its weights; vllm: generation), an OpenAI-compatible endpoint
+    (generation through its API), or a predictions file (scored on generations). `no_loglik` says
+    why the log-likelihood modes cannot score it, when they cannot."""
 
-    def __init__(self, name: str, engine: Any = None, replay: dict[tuple[str, str], str] | None = None) -> None:
-        self.name, self.engine, self.replay = name, engine, replay
+    def __init__(self, name: str, engine: Any = None, replay: dict[tuple[str, str], str] | None = None,
+                 scorer: Any = None, no_loglik: str | None = None) -> None:
+        self.name, self.engine, self.replay, self.scorer, self.no_loglik = name, engine, replay, scorer, no_loglik
         self.cache: dict[tuple[str, int], str] = {}
-        self.scorer = None
-        if engine is not None:
-            from medtune.eval.scoring import LoglikScorer
-
-            self.scorer = LoglikScorer(engine.model, engine.tokenizer, engine.template, engine.batcher.max_batch_size)
 
     @classmethod
     def open(cls, m: EvalModelConfig, cfg: Config) -> Subject:
         if m.predictions:
-            return cls(m.name, replay=_replay(Path(m.predictions)))
-        from medtune.infer.engine import ChatEngine
+            return cls(m.name, replay=_replay(Path(m.predictions)), no_loglik="a predictions file has no weights")
+        if m.endpoint is not None:
+            from medtune.infer.endpoint_engine import NO_LOGLIK, EndpointEngine
 
+            log.info("eval model %s: endpoint %s", m.name, m.endpoint.base_url)
+            return cls(m.name, EndpointEngine(m.endpoint, f"eval.models[{m.name}].endpoint"), no_loglik=NO_LOGLIK)
         model_cfg = dataclasses.replace(cfg.model, name_or_path=m.name_or_path or cfg.model.name_or_path,
                                         adapters=list(m.adapters), template=m.template or cfg.model.template)
         ev = cfg.eval
         gen = dataclasses.replace(cfg.generation, do_sample=False, num_beams=1, min_new_tokens=0,
                                   repetition_penalty=ev.repetition_penalty)
-        log.info("eval model %s: %s %s", m.name, model_cfg.name_or_path, model_cfg.adapters or "")
+        log.info("eval model %s: %s %s (%s)", m.name, model_cfg.name_or_path, model_cfg.adapters or "", m.engine)
+        if m.engine == "vllm":
+            from medtune.infer.vllm_engine import VllmEngine
+
+            return cls(m.name, VllmEngine(model_cfg, gen), no_loglik="the vllm engine scores generations only here")
+        if m.engine != "hf":
+            raise ConfigError(f"eval.models[{m.name}].engine {m.engine!r}: use hf or vllm (or `endpoint:` for a "
+                              "model behind an API).")
+        from medtune.eval.scoring import LoglikScorer
+        from medtune.infer.engine import ChatEngine
+
         # A long batching window: each chunk below is submitted at once, so batches (and greedy outputs) repeat.
-        return cls(m.name, ChatEngine(model_cfg, gen, ev.batch_size, max_wait_ms=200.0))
+        engine = ChatEngine(model_cfg, gen, ev.batch_size, max_wait_ms=200.0)
+        return cls(m.name, engine, scorer=LoglikScorer(engine.model, engine.tokenizer, engine.template, ev.batch_size))
 
     def generate(self, task: str, ids: list[str], conversations: list[list[dict[str, str]]],
                  max_new_tokens: int, batch_size: int) -> list[str]:
@@ -139,7 +154,20 @@ class Subject:
             self.cache.update(zip(chunk, answers, strict=True))
         return [self.cache[k] for k in keys]
 
+    def notes(self, ev: EvalConfig) -> dict[str, Any]:
+        """For the run card: the modes this model could not be scored in and why; an API's usage and cost."""
+        out: dict[str, Any] = {}
+        skipped = [mode for mode in ev.modes if mode in ("loglik", "cloze")]
+        if self.no_loglik and skipped:
+            out["skipped_modes"] = {"modes": skipped, "why": self.no_loglik}
+        if (usage := getattr(self.engine, "usage", None)) is not None:
+            out["api"] = {"model": self.engine.name, "base_url": self.engine.api.base_url,
+                          **usage.as_dict(self.engine.api)}
+        return out
+
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         self.engine = self.scorer = None
         gc.collect()
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from medtune.config import EndpointConfig, SynthConfig
+from medtune.config import EndpointConfig
 from medtune.errors import MedtuneError
 
 log = logging.getLogger(__name__)
@@ -36,24 +36,34 @@ class Usage:
     completion_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
-    def cost(self, cfg: SynthConfig) -> float:
+    def cost(self, cfg: Any) -> float:
+        """In the currency of `cfg`'s price_per_1k_prompt / price_per_1k_completion."""
         return (self.prompt_tokens * cfg.price_per_1k_prompt + self.completion_tokens * cfg.price_per_1k_completion) / 1000
+
+    def as_dict(self, cfg: Any) -> dict[str, Any]:
+        return {"requests": self.requests, "retries": self.retries, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "errors": dict(self.errors), "cost": self.cost(cfg)}
 
 
 class Client:
-    def __init__(self, cfg: SynthConfig) -> None:
+    """`policy` has the pacing knobs (concurrency, max_retries, backoff, requests_per_minute): a
+    SynthConfig or an eval model's / judge's ApiModelConfig. `section` names it in messages."""
+
+    def __init__(self, ep: EndpointConfig, policy: Any, max_tokens: int, temperature: float,
+                 section: str = "synth") -> None:
         try:
             from openai import AsyncOpenAI
         except ImportError:
-            raise MedtuneError("medtune synth needs the openai client: pip install 'medtune[synth]'.") from None
+            raise MedtuneError("talking to an endpoint needs the openai client: pip install 'medtune[synth]'.") \
+                from None
 
-        ep: EndpointConfig = cfg.endpoint
         # Local servers need no key; the client library insists on a string.
         self.api = AsyncOpenAI(base_url=ep.base_url, api_key=os.environ.get(ep.api_key_env) or "EMPTY",
                                timeout=ep.timeout, max_retries=0)
-        self.cfg, self.model = cfg, ep.model
+        self.ep, self.cfg, self.model, self.section = ep, policy, ep.model, section
+        self.max_tokens, self.temperature = max_tokens, temperature
         self.usage = Usage()
-        self.slots = asyncio.Semaphore(max(1, cfg.concurrency))
+        self.slots = asyncio.Semaphore(max(1, policy.concurrency))
         self.pace = asyncio.Lock()
         self.next_start = 0.0
 
@@ -62,15 +72,15 @@ class Client:
         if not self.model:
             models = await self._call(self.api.models.list)
             if not models.data:
-                raise EndpointError(f"{self.cfg.endpoint.base_url}/models lists no model; set synth.endpoint.model.")
+                raise EndpointError(f"{self.ep.base_url}/models lists no model; set {self.section}.endpoint.model.")
             self.model = models.data[0].id
         return self.model
 
-    async def chat(self, messages: list[dict[str, str]]) -> str:
+    async def chat(self, messages: list[dict[str, str]], max_tokens: int | None = None) -> str:
         async with self.slots:
             await self._wait_turn()
             response = await self._call(self.api.chat.completions.create, model=self.model, messages=messages,
-                                        max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature)
+                                        max_tokens=max_tokens or self.max_tokens, temperature=self.temperature)
         if response.usage:
             self.usage.prompt_tokens += response.usage.prompt_tokens or 0
             self.usage.completion_tokens += response.usage.completion_tokens or 0
@@ -100,16 +110,16 @@ class Client:
                 kind = type(e).__name__
                 self.usage.errors[kind] = self.usage.errors.get(kind, 0) + 1
                 if attempt == self.cfg.max_retries:
-                    raise EndpointError(f"{self.cfg.endpoint.base_url}: still failing after {attempt} retries "
-                                        f"({kind}: {_message(e)}). Is the server up? Raise synth.max_retries or "
-                                        "lower synth.concurrency.") from None
+                    raise EndpointError(f"{self.ep.base_url}: still failing after {attempt} retries "
+                                        f"({kind}: {_message(e)}). Is the server up? Raise {self.section}."
+                                        f"max_retries or lower {self.section}.concurrency.") from None
                 wait = _retry_after(e) or self.cfg.backoff * 2 ** attempt * (0.5 + random.random())
                 self.usage.retries += 1
                 log.info("%s (%s); retry %d in %.1f s", kind, _message(e), attempt + 1, wait)
                 await asyncio.sleep(wait)
             except openai.APIStatusError as e:
-                raise EndpointError(f"{self.cfg.endpoint.base_url} answered {e.status_code}: {_message(e)}"
-                                    + (f" Is {self.cfg.endpoint.api_key_env} set to the right key?"
+                raise EndpointError(f"{self.ep.base_url} answered {e.status_code}: {_message(e)}"
+                                    + (f" Is {self.ep.api_key_env} set to the right key?"
                                        if e.status_code == 401 else "")) from None
         raise AssertionError("unreachable")
 

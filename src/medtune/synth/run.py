@@ -51,7 +51,7 @@ def run(cfg: Config) -> Path:
     todo = [s for s in sources if s.id not in ledger.done]
     log.info("%s: %d sources, %d already done, %d to generate", sc.task, len(sources), len(sources) - len(todo),
              len(todo))
-    client = Client(sc)
+    client = Client(sc.endpoint, sc, sc.max_tokens, sc.temperature)
     meta = {"task": sc.task, "endpoint": sc.endpoint.base_url, "prompt": Path(prompt_file).name,
             "prompt_sha256": prompt_hash}
     interrupted = False
