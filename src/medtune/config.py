@@ -37,6 +37,7 @@ from medtune.schema import (  # noqa: F401
     FinetuneConfig,
     FreezeConfig,
     GenerationConfig,
+    JudgeConfig,
     LoraConfig,
     ModelConfig,
     PrefixConfig,

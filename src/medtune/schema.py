@@ -231,6 +231,9 @@ class EvalConfig:
     seed: int = 0
     samples: int = 5  # side-by-side answers per generation task in the report
     refusal_rules: str | None = None  # YAML of refusal regexes; default medtune/eval/refusal.yaml
+    # An LLM judge: pairwise comparisons against the first model and rubric grading (see JudgeConfig).
+    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig())
+    export: list[str] = field(default_factory=list)  # also write the tasks for another harness: lm_eval
 
 
 @dataclass
@@ -255,6 +258,25 @@ class ApiModelConfig(EndpointConfig):
     requests_per_minute: float | None = None
     price_per_1k_prompt: float = 0.0
     price_per_1k_completion: float = 0.0
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge behind an OpenAI-compatible endpoint (a hosted model, vLLM, medtune serve).
+
+    With `endpoint` set, every generation task is judged pairwise (each model against the first, in
+    both answer orders), and rubric tasks are graded criterion by criterion. Prompts are Jinja files
+    (built-in names in medtune/eval/prompts or paths); verdicts are cached by content hash, so a rerun
+    pays only for what changed."""
+
+    endpoint: ApiModelConfig | None = None
+    pairwise: bool = True
+    tasks: list[str] = field(default_factory=list)  # default: every open_qa and rubric task
+    pairwise_prompt: str = "judge_pairwise_zh.jinja"
+    criterion_prompt: str = "judge_criterion_zh.jinja"  # one binary criterion with points (HealthBench)
+    aspects_prompt: str = "judge_aspects_zh.jinja"  # 1-5 per aspect against a reference (CMB-Clin)
+    max_tokens: int = 512
+    cache_dir: str | None = None  # default $MEDTUNE_CACHE/judge (~/.cache/medtune/judge)
 
 
 @dataclass

@@ -19,7 +19,7 @@ SECTIONS = (("medical", "Medical knowledge and QA"), ("safety", "Safety"),
             ("general", "General-knowledge retention (forgetting)"))
 LABELS = {"accuracy": "accuracy", "rouge_l": "ROUGE-L", "bleu1": "BLEU-1", "bleu4": "BLEU-4", "ap": "MAP",
           "p_at_1": "P@1", "refused": "refusal rate", "accuracy_norm_char": "acc_norm (per char)",
-          "accuracy_norm_token": "acc_norm (per token)"}
+          "accuracy_norm_token": "acc_norm (per token)", "rubric_score": "rubric score (judge; clipped mean)"}
 
 
 def pct(x: float) -> str:
@@ -84,6 +84,7 @@ def build(summary: dict[str, Any], results: dict[str, Any], charts: dict[str, st
             b.append(("p", "A ▼ here means general ability was lost in fine-tuning (domain collapse)."))
     b += _mc_details(summary, charts)
     b += _qa_details(summary)
+    b += _judge(summary)
     b += _samples(summary, results, card["eval"]["samples"], card["eval"]["seed"])
     b += _card(card)
     return b
@@ -141,6 +142,39 @@ def _qa_details(summary: dict[str, Any]) -> list[Block]:
                   "between these models, not as answer quality."),
             ("table", ["task", "model", "BLEU-1", "BLEU-4", "ROUGE-L", "Distinct-1", "Distinct-2", "length ratio",
                        "mean chars"], rows)]
+
+
+def _judge(summary: dict[str, Any]) -> list[Block]:
+    if "judge" not in summary:
+        return []
+    j, ref = summary["judge"], summary["reference"]
+    card = j["judge"]
+    b: list[Block] = [
+        ("h", 2, "LLM judge"),
+        ("p", f"Judge: `{card['model']}` at {card['base_url']}; prompts "
+              + ", ".join(f"`{p}`" for p in card["prompts"].values())
+              + f". {card['asked']} verdicts asked, {card['cached']} from the cache; {card['requests']} requests, "
+              f"{card['retries']} retries, {card['prompt_tokens']:,} prompt + {card['completion_tokens']:,} completion "
+              f"tokens, cost {card['cost']:.4f}. A judge is a model: its verdicts are evidence, not ground truth."),
+    ]
+    if pw := [[task, f"{m} vs {ref}", str(s["n"]), str(s["scored"]), f"{s['wins']} / {s['ties']} / {s['losses']}",
+               ci(s["win_rate"]), pct(s["swap_agreement"]), pct(s["first_position"]), str(s["unparseable"])]
+              for task, per in j["pairwise"].items() for m, s in per.items()]:
+        b += [("p", "Pairwise: each question judged twice, once with each answer first; the two verdicts are averaged "
+                    "from the challenger's side (win 1, tie ½, loss 0), so a judge that always prefers the first "
+                    "answer yields ties. Win rate counts ties as half, with a 95% bootstrap CI over questions. "
+                    "Self-agreement: the share of questions whose verdict survived the swap; first position: the "
+                    "share of verdicts for whichever answer came first (50 = no position bias). A question with an "
+                    "unparseable verdict in either order is not scored (replies in judge/)."),
+              ("table", ["task", "pair", "N", "scored", "wins / ties / losses", "win rate", "self-agreement",
+                         "first position", "unparseable"], pw)]
+    if rb := [[task, m, str(s["n"]), str(s["graded"]), str(s["unparseable"])]
+              for task, per in j["rubric"].items() for m, s in per.items()]:
+        b += [("p", "Rubric grading: an item is scored only when every verdict on it parsed; its score is the points "
+                    "of the criteria met over the positive points available (HealthBench), or the mean 1–5 aspect "
+                    "rating / 5 (CMB-Clin). The headline shows the mean clipped to [0, 100]."),
+              ("table", ["task", "model", "items", "graded", "unparseable verdicts"], rb)]
+    return b
 
 
 def _samples(summary: dict[str, Any], results: dict[str, Any], k: int, seed: int) -> list[Block]:

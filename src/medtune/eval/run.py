@@ -20,7 +20,7 @@ from medtune import __version__
 from medtune.config import Config, EvalConfig, EvalModelConfig, to_dict
 from medtune.data.io import atomic_write_text, file_sha256, read_json_records, write_jsonl
 from medtune.errors import ConfigError
-from medtune.eval import metrics
+from medtune.eval import judge, metrics
 from medtune.eval.extract import extract
 from medtune.eval.safety import RefusalRules
 from medtune.eval.tasks import Task, TaskData, load_data, load_task, render_prompt
@@ -40,6 +40,7 @@ def run(cfg: Config) -> Path:
     tasks = [load_task(t, config_dir) for t in ev.tasks]
     if len({t.name for t in tasks}) < len(tasks):
         raise ConfigError("eval.tasks: two tasks share a name; task names key the results.")
+    judge.check(ev, tasks)
     data = {t.name: load_data(t, ev) for t in tasks}
     models = eval_models(cfg)
     rules = RefusalRules.load(ev.refusal_rules)
@@ -58,7 +59,11 @@ def run(cfg: Config) -> Path:
     from medtune.eval.summary import summarise
     from medtune.folders import staged
 
+    judged, judge_files = judge.run(ev, tasks, data, results, [m.name for m in models]) if ev.judge.endpoint \
+        else (None, {})
     summary = summarise(tasks, data, results, [m.name for m in models], ev)
+    if judged:
+        summary["judge"] = judged
     summary["card"] = run_card(cfg, models, data, rules)
     summary["card"]["model_notes"] = {k: v for k, v in notes.items() if v}
     with staged(out) as tmp:  # swapped in whole: never new predictions beside an old results.json
@@ -69,6 +74,8 @@ def run(cfg: Config) -> Path:
             if data[t.name].dropped:
                 write_jsonl(tmp / "dropped" / f"{t.name}.jsonl",
                             [{"where": d.where, "reason": d.reason, "row": d.raw} for d in data[t.name].dropped])
+        for name, rows in judge_files.items():
+            write_jsonl(tmp / "judge" / name, rows)
         atomic_write_text(tmp / "results.json", json.dumps(summary, ensure_ascii=False, indent=2))
         write_report(tmp, summary, results)
     return out
@@ -281,7 +288,17 @@ def run_ranking(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -
     return {"loglik": out}
 
 
-RUNNERS = {"multiple_choice": run_mc, "open_qa": run_open_qa, "refusal": run_refusal, "ranking": run_ranking}
+def run_rubric(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
+    """Each conversation answered as written; the judge grades the answers afterwards (judge.py)."""
+    rows = td.items
+    outputs = s.generate(td.task.name, [r["id"] for r in rows], [r["messages"] for r in rows], ev.max_new_tokens,
+                         ev.batch_size)
+    return {"generate": [{"id": r["id"], "question": r["question"], "reference": r["reference"], "output": o,
+                          "refused": int(rules.refused(o))} for r, o in zip(rows, outputs, strict=True)]}
+
+
+RUNNERS = {"multiple_choice": run_mc, "open_qa": run_open_qa, "refusal": run_refusal, "ranking": run_ranking,
+           "rubric": run_rubric}
 
 
 def run_card(cfg: Config, models: list[EvalModelConfig], data: dict[str, TaskData], rules: RefusalRules) -> dict:

@@ -17,7 +17,9 @@ from medtune.eval.tasks import Task, TaskData
 
 # Per-item metrics that get a CI and a paired difference, by task type; the first is the headline.
 METRICS = {"multiple_choice": ["accuracy"], "open_qa": ["rouge_l", "bleu1", "bleu4", "refused"],
-           "refusal": ["refused"], "ranking": ["ap", "p_at_1"]}
+           "refusal": ["refused"], "ranking": ["ap", "p_at_1"], "rubric": ["rubric_score", "refused"]}
+# HealthBench's aggregate: an item's rubric score can be negative (harmful criteria met); the mean is clipped to [0, 1].
+CLIPPED = {"rubric_score"}
 
 
 # Cloze multiple choice also reports lm-eval's acc_norm: the option's log-prob per character / per token.
@@ -30,8 +32,9 @@ def metric_keys(task_type: str, mode: str) -> list[str]:
 
 def item_scores(task: Task, rows: list[dict[str, Any]], mode: str = "") -> dict[str, dict[str, float]]:
     """base item id → metric → score (option orders of one question averaged)."""
-    if task.type != "multiple_choice":
-        return {r["id"]: {k: float(r[k]) for k in METRICS[task.type]} for r in rows}
+    if task.type != "multiple_choice":  # an item the judge could not grade (unparseable verdict) has no score
+        return {r["id"]: {k: float(r[k]) for k in METRICS[task.type]} for r in rows
+                if all(r.get(k) is not None for k in METRICS[task.type])}
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[r["base_id"]].append(r)
@@ -39,15 +42,16 @@ def item_scores(task: Task, rows: list[dict[str, Any]], mode: str = "") -> dict[
     return {k: {key: sum(r[f] for r in g) / len(g) for key, f in fields.items()} for k, g in groups.items()}
 
 
-def _metric(values: list[float], ev: EvalConfig) -> dict[str, float]:
+def _metric(values: list[float], ev: EvalConfig, key: str = "") -> dict[str, float]:
     low, high = metrics.bootstrap_ci(values, ev.bootstrap, ev.seed)
-    return {"value": sum(values) / len(values) if values else float("nan"), "low": low, "high": high}
+    out = {"value": sum(values) / len(values) if values else float("nan"), "low": low, "high": high}
+    return {k: min(max(v, 0.0), 1.0) for k, v in out.items()} if key in CLIPPED else out
 
 
 def describe(task: TaskData, rows: list[dict[str, Any]], scores: dict[str, dict[str, float]],
              ev: EvalConfig, mode: str = "") -> dict[str, Any]:
     t = task.task
-    out: dict[str, Any] = {"n": len(scores), "metrics": {k: _metric([s[k] for s in scores.values()], ev)
+    out: dict[str, Any] = {"n": len(scores), "metrics": {k: _metric([s[k] for s in scores.values()], ev, k)
                                                          for k in metric_keys(t.type, mode)}}
     if t.type == "multiple_choice":
         out.update(_mc_details(task, rows))

@@ -1,7 +1,7 @@
 """Eval tasks are YAML files: what data, which type, which prompt, how to break results down.
 
     name: cmb_exam_sample
-    type: multiple_choice        # multiple_choice | open_qa | ranking | refusal
+    type: multiple_choice        # multiple_choice | open_qa | ranking | refusal | rubric
     data: samples/cmb_exam_dev.jsonl   # relative to this file
     format: unified              # multiple_choice loaders: medtune.eval.records
     group: medical               # medical | general (retention) | safety
@@ -28,9 +28,9 @@ from medtune.eval.records import Dropped, MCItem, load_mc, load_qa, load_ranking
 
 TASK_DIR = Path(__file__).parent / "tasks"
 PROMPT_DIR = Path(__file__).parent / "prompts"
-TYPES = ("multiple_choice", "open_qa", "ranking", "refusal")
+TYPES = ("multiple_choice", "open_qa", "ranking", "refusal", "rubric")
 DEFAULT_PROMPTS = {"multiple_choice": "mc_zh.jinja", "open_qa": "question.jinja", "ranking": "question.jinja",
-                   "refusal": "question.jinja"}
+                   "refusal": "question.jinja", "rubric": "question.jinja"}
 
 
 @dataclass
@@ -120,6 +120,11 @@ def load_data(task: Task, ev: EvalConfig) -> TaskData:
                 shots, items = items[: ev.shots], items[ev.shots:]
         items = _sample(items, task.limit or ev.limit, ev.seed)
         return TaskData(task, permuted(items, ev.permutations), shots, dropped, files)
+    if task.type == "rubric":  # conversations asked as written (no prompt template), graded by the judge
+        from medtune.eval.rubric import load_rubric
+
+        items, dropped = load_rubric("rubric" if task.format == "unified" else task.format, data)
+        return TaskData(task, _sample(items, task.limit or ev.limit, ev.seed), dropped=dropped, files=files)
     if task.type == "ranking":
         return TaskData(task, _sample(load_ranking(data, task.split), task.limit or ev.limit, ev.seed), files=files)
     answer = task.answer_field if task.type == "open_qa" else None

@@ -29,6 +29,12 @@ class EndpointEngine:
                   **_: Any) -> list[str]:
         return asyncio.run(self._many(conversations, max_new_tokens))
 
+    def resolve(self) -> str:
+        """The model id the server answers with (configured, else the first it lists): asked once."""
+        if not self.resolved:
+            asyncio.run(self._many([], 1))
+        return self.name
+
     async def _many(self, conversations: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
         client = Client(self.api, self.api, max_new_tokens, 0.0, self.section)
         client.usage = self.usage  # one counter over every call of the run
