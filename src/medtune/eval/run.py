@@ -12,6 +12,8 @@ import dataclasses
 import gc
 import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from medtune.config import Config, EvalConfig, EvalModelConfig, to_dict
 from medtune.data.io import atomic_write_text, file_sha256, read_json_records, write_jsonl
 from medtune.errors import ConfigError
 from medtune.eval import judge, metrics
+from medtune.eval.export import EXPORTS
 from medtune.eval.extract import extract
 from medtune.eval.safety import RefusalRules
 from medtune.eval.tasks import Task, TaskData, load_data, load_task, render_prompt
@@ -41,14 +44,21 @@ def run(cfg: Config) -> Path:
     if len({t.name for t in tasks}) < len(tasks):
         raise ConfigError("eval.tasks: two tasks share a name; task names key the results.")
     judge.check(ev, tasks)
+    if bad := [x for x in ev.export if x not in EXPORTS]:
+        raise ConfigError(f"eval.export: {bad[0]!r} is not one of {', '.join(EXPORTS)}.")
     data = {t.name: load_data(t, ev) for t in tasks}
     models = eval_models(cfg)
     rules = RefusalRules.load(ev.refusal_rules)
     out = output_dir(cfg)
     results: dict[str, dict[str, Any]] = {t.name: {} for t in tasks}
     notes: dict[str, dict[str, Any]] = {}  # per model: why log-likelihood was skipped, what an API cost
+    exports = Path(tempfile.mkdtemp(prefix="medtune-export-")) if ev.export else None
+    exported = False
     for m in models:
         subject = Subject.open(m, cfg)
+        if exports and not exported and subject.scorer is not None:  # prompts in the first local model's template
+            _export(tasks, data, subject, exports / "lm_eval", out / "lm_eval")
+            exported = True
         for t in tasks:
             start = time.perf_counter()
             results[t.name][m.name] = RUNNERS[t.type](data[t.name], subject, ev, rules)
@@ -74,11 +84,26 @@ def run(cfg: Config) -> Path:
             if data[t.name].dropped:
                 write_jsonl(tmp / "dropped" / f"{t.name}.jsonl",
                             [{"where": d.where, "reason": d.reason, "row": d.raw} for d in data[t.name].dropped])
+        if exports:
+            if not exported:
+                raise ConfigError("eval.export lm_eval needs a model with weights here (the chat template and "
+                                  "tokenizer render the prompts); every eval model is an endpoint or predictions.")
+            shutil.copytree(exports, tmp, dirs_exist_ok=True)
+            shutil.rmtree(exports, ignore_errors=True)
         for name, rows in judge_files.items():
             write_jsonl(tmp / "judge" / name, rows)
         atomic_write_text(tmp / "results.json", json.dumps(summary, ensure_ascii=False, indent=2))
         write_report(tmp, summary, results)
     return out
+
+
+def _export(tasks: list[Task], data: dict[str, TaskData], subject: Subject, work: Path, final: Path) -> None:
+    from medtune.eval.export import lm_eval
+
+    for t in tasks:
+        if t.type == "multiple_choice":
+            files = lm_eval(data[t.name], subject.scorer.prompt_text, work, final)
+            log.info("lm-eval task for %s: %s", t.name, ", ".join(f.name for f in files))
 
 
 def output_dir(cfg: Config) -> Path:
