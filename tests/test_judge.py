@@ -228,3 +228,22 @@ def test_bad_rubric_rows_are_dropped_with_their_reason(tmp_path):
         (f"{f}:3", "no criterion has positive points: the item has no score to earn"),
         (f"{f}:4", "criterion '建议就医': points must be a non-zero number, got '3'"),
         (f"{f}:5", "the last message is not the user's: there is nothing for the model to answer")]
+
+
+def test_healthbench_rows_load_as_conversations_with_their_criteria(tmp_path):
+    row = {"prompt_id": "hb-1", "prompt": [{"role": "user", "content": "我胸口痛"},
+                                           {"role": "assistant", "content": "多久了？"},
+                                           {"role": "user", "content": "两小时，出冷汗"}],
+           "rubrics": [{"criterion": "建议立即拨打急救电话", "points": 10, "tags": ["axis:accuracy"]},
+                       {"criterion": "建议观察几天再说", "points": -8, "tags": ["axis:completeness"]}],
+           "example_tags": ["theme:emergency_referrals"]}
+    f = tmp_path / "hb.jsonl"
+    f.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (item,), dropped = load_rubric("healthbench", f)
+    assert not dropped and item["id"] == "hb-1" and item["messages"] == row["prompt"]
+    assert item["criteria"] == [{"criterion": "建议立即拨打急救电话", "points": 10},
+                                {"criterion": "建议观察几天再说", "points": -8}]
+    assert item["question"] == "用户：我胸口痛\n助手：多久了？\n用户：两小时，出冷汗"
+    from medtune.eval.rubric import criteria_score
+    assert criteria_score(item["criteria"], [True, True]) == pytest.approx(0.2)
+    assert criteria_score(item["criteria"], [False, True]) == pytest.approx(-0.8)
