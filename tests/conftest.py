@@ -83,3 +83,23 @@ def trained(tmp_path_factory):
                  "train.per_device_train_batch_size=8", "train.save_steps=1000",
                  "train.lr_scheduler_type=constant"]) == 0
     return d / "out"
+
+
+def train_scripted(d: Path, rows: list[dict], steps: int, name: str) -> Path:
+    """A tiny model fully fine-tuned to give scripted replies (openai-format rows, up to 1,024 tokens)
+    to the exact prompts a test will send it: a teacher for synth, a judge for eval. Returns its folder,
+    `d/name` (a server names the model after it)."""
+    import json
+
+    from medtune.cli import main
+
+    (d / "scripted.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                      encoding="utf-8")
+    (d / "reg.yaml").write_text(f"scripted: {{path: {d / 'scripted.jsonl'}, format: openai, license: test, "
+                                "source: test}\n")
+    assert main(["train", str(ROOT / "configs/tiny/sft_lora.yaml"), f"train.output_dir={d / name}",
+                 f"data.registries=[{d / 'reg.yaml'}]", "data.datasets=[scripted]", "data.test_size=0",
+                 "data.max_samples=null", "data.max_length=1024", "train.eval_strategy=no", "finetune.method=full",
+                 "train.learning_rate=1e-2", f"train.max_steps={steps}", "train.per_device_train_batch_size=8",
+                 "train.save_steps=1000", "train.lr_scheduler_type=cosine", "train.warmup_steps=10"]) == 0
+    return d / name

@@ -12,16 +12,14 @@ from medtune.cli import main
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
-from test_serve import free_port, start_server
+from test_serve import free_port, serving
 
 
 @pytest.fixture(scope="module")
 def served(trained):
     """The tiny model that memorised QA, behind `medtune serve`'s app on 127.0.0.1."""
-    srv, thread, handle = start_server(str(trained))
-    yield handle
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(str(trained)) as handle:
+        yield handle
 
 
 def _qa_task(tmp_path):

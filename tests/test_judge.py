@@ -8,7 +8,7 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT, shared
+from conftest import shared, train_scripted
 
 from medtune.cli import main
 from medtune.eval import judge as J
@@ -17,7 +17,7 @@ from medtune.eval.tasks import PROMPT_DIR
 
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
-from test_serve import start_server
+from test_serve import serving
 
 CONSULT = [("头痛三天怎么办？", "注意休息，必要时就医。"), ("孩子发烧39度怎么办？", "物理降温，及时就诊。"),
            ("血糖高要注意什么？", "控制饮食，监测血糖。")]
@@ -81,19 +81,10 @@ def _scripted() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def judge_url(tmp_path_factory):
-    d = tmp_path_factory.mktemp("judge")
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": v}]} for p, v in _scripted()]
-    (d / "verdicts.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    (d / "reg.yaml").write_text(f"v: {{path: {d / 'verdicts.jsonl'}, format: openai, license: test, source: test}}\n")
-    assert main(["train", str(ROOT / "configs/tiny/sft_lora.yaml"), f"train.output_dir={d / 'judge'}",
-                 f"data.registries=[{d / 'reg.yaml'}]", "data.datasets=[v]", "data.test_size=0",
-                 "data.max_samples=null", "data.max_length=1024", "train.eval_strategy=no", "finetune.method=full",
-                 "train.learning_rate=1e-2", "train.max_steps=200", "train.per_device_train_batch_size=8",
-                 "train.save_steps=1000", "train.lr_scheduler_type=cosine", "train.warmup_steps=10"]) == 0
-    srv, thread, handle = start_server(str(d / "judge"))
-    yield handle.url + "/v1"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    judge = train_scripted(tmp_path_factory.mktemp("judge"), rows, steps=200, name="judge")
+    with serving(str(judge)) as handle:
+        yield handle.url + "/v1"
 
 
 def _config(tmp_path, url):

@@ -5,6 +5,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import httpx
@@ -49,21 +50,28 @@ def start_server(model: str):
                                         client=openai.OpenAI(base_url=url + "/v1", api_key="sekret", max_retries=0))
 
 
+@contextmanager
+def serving(model: str):
+    """`medtune serve`'s app for `model` on 127.0.0.1 for the length of the block."""
+    srv, thread, handle = start_server(model)
+    try:
+        yield handle
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def server(trained):
-    srv, thread, handle = start_server(str(trained))
-    yield handle
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(str(trained)) as handle:
+        yield handle
 
 
 @pytest.fixture(scope="module")
 def chatty_server():
     """The untrained random tiny model: it rarely emits an end-of-turn token, so it talks until stopped."""
-    srv, thread, handle = start_server("tiny:llama")
-    yield handle
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving("tiny:llama") as handle:
+        yield handle
 
 
 def ask(q):

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, train_scripted
 from test_serve import free_port
 
 from medtune.cli import main
@@ -53,18 +53,10 @@ def _teacher_rows():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth_teacher")
-    (d / "teach.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _teacher_rows()),
-                                   encoding="utf-8")
-    (d / "reg.yaml").write_text(f"teach: {{path: {d / 'teach.jsonl'}, format: openai, license: test, source: test}}\n")
-    assert main(["train", str(ROOT / "configs/tiny/sft_lora.yaml"), f"train.output_dir={d / 'teacher'}",
-                 f"data.registries=[{d / 'reg.yaml'}]", "data.datasets=[teach]", "data.test_size=0",
-                 "data.max_samples=null", "data.max_length=1024", "train.eval_strategy=no", "finetune.method=full",
-                 "train.learning_rate=1e-2", "train.max_steps=150", "train.per_device_train_batch_size=8",
-                 "train.save_steps=1000", "train.lr_scheduler_type=cosine", "train.warmup_steps=10"]) == 0
+    teacher = train_scripted(tmp_path_factory.mktemp("synth_teacher"), _teacher_rows(), steps=150, name="teacher")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "medtune.cli", "serve", str(ROOT / "configs/tiny/chat.yaml"),
-                             f"model.name_or_path={d / 'teacher'}", "generation.do_sample=false",
+                             f"model.name_or_path={teacher}", "generation.do_sample=false",
                              "generation.repetition_penalty=1.0", "generation.max_new_tokens=200",
                              f"serve.port={port}", "serve.max_queue=1"],
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,

@@ -142,17 +142,15 @@ def check(ev: EvalConfig, tasks: list[Task]) -> None:
 
 def grade_rubrics(judge: Judge, rows: list[dict[str, Any]], items: dict[str, dict[str, Any]]) -> None:
     """Adds rubric_score (None when a verdict was unparseable) and the judge's grades to each row."""
-    prompts, where = [], []
+    prompts = []
     for r in rows:
         item = items[r["id"]]
         if item["aspects"]:
             prompts.append(judge.render("aspects_prompt", conversation=item["question"], answer=r["output"],
                                         reference=item["reference"]))
-            where.append((r, None))
         for c in item["criteria"]:
             prompts.append(judge.render("criterion_prompt", conversation=item["question"], answer=r["output"],
                                         criterion=c["criterion"], points=c["points"], reference=item["reference"]))
-            where.append((r, c))
     replies = iter(judge.ask(prompts))
     for r in rows:
         item = items[r["id"]]

@@ -48,6 +48,9 @@ def run(cfg: Config) -> Path:
         raise ConfigError(f"eval.export: {bad[0]!r} is not one of {', '.join(EXPORTS)}.")
     data = {t.name: load_data(t, ev) for t in tasks}
     models = eval_models(cfg)
+    if ev.export and all(m.predictions or m.endpoint is not None or m.engine != "hf" for m in models):
+        raise ConfigError("eval.export lm_eval needs a model with weights here (its chat template and tokenizer "
+                          "render the prompts); every eval model is an endpoint, a predictions file or vllm.")
     rules = RefusalRules.load(ev.refusal_rules)
     out = output_dir(cfg)
     results: dict[str, dict[str, Any]] = {t.name: {} for t in tasks}
@@ -85,9 +88,6 @@ def run(cfg: Config) -> Path:
                 write_jsonl(tmp / "dropped" / f"{t.name}.jsonl",
                             [{"where": d.where, "reason": d.reason, "row": d.raw} for d in data[t.name].dropped])
         if exports:
-            if not exported:
-                raise ConfigError("eval.export lm_eval needs a model with weights here (the chat template and "
-                                  "tokenizer render the prompts); every eval model is an endpoint or predictions.")
             shutil.copytree(exports, tmp, dirs_exist_ok=True)
             shutil.rmtree(exports, ignore_errors=True)
         for name, rows in judge_files.items():
