@@ -12,7 +12,8 @@ from medtune.eval import metrics
 from medtune.eval.extract import extract
 from medtune.eval.records import load_mc
 from medtune.eval.safety import RefusalRules
-from medtune.eval.tasks import Task, permuted, render_prompt
+from medtune.eval.task_types.multiple_choice import permuted
+from medtune.eval.tasks import Task, render_prompt
 
 CASES = [json.loads(line) for line in (FIXTURES / "extraction_cases.jsonl").read_text(encoding="utf-8").splitlines()]
 

@@ -31,7 +31,7 @@ VERBS = {
             "retention, paired bootstrap CIs; results.json + report.md/html",
     "validate": "check a config, its datasets, template, stage and method without running anything",
 }
-LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines", "tasks", "synth")
+LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines", "tasks", "task-types", "synth")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +242,11 @@ def _ls(kind: str, registries: list[str]) -> int:
         from medtune.eval.tasks import available
 
         table = available()
+    elif kind == "task-types":
+        from medtune.eval import task_types
+
+        task_types.names()  # finds the type modules
+        table = task_types.TASK_TYPES.describe()
     elif kind == "synth":
         from medtune.synth.tasks import SYNTH_TASKS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medtune.eval.summary import METRICS
+from medtune.eval import task_types as types
 
 # Chinese category names need a CJK font; the first one installed wins (fonts-wqy-zenhei on Debian).
 CJK_FONTS = ["WenQuanYi Zen Hei", "Noto Sans CJK SC", "Source Han Sans SC", "SimHei", "Microsoft YaHei",
@@ -28,7 +28,7 @@ def draw(folder: Path, summary: dict[str, Any]) -> dict[str, str]:
     charts: dict[str, str] = {}
     labels, values = [], {m: [] for m in models}
     for name, task in summary["tasks"].items():
-        key = METRICS[task["type"]][0]  # the headline metric
+        key = types.task_type(task["type"]).metrics[0]  # the headline metric
         for mode, block in task["modes"].items():
             labels.append(f"{name}\n{mode}")
             for m in models:

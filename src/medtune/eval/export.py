@@ -26,7 +26,8 @@ from typing import Any
 
 from medtune.data.io import atomic_write_text, write_jsonl
 from medtune.errors import ConfigError
-from medtune.eval.tasks import DEFAULT_PROMPTS, TaskData, _prompt_source, render_prompt
+from medtune.eval.task_types import task_type
+from medtune.eval.tasks import TaskData, prompt_source, render_prompt
 
 EXPORTS = ("lm_eval",)
 _SENTINEL = "\x00MEDTUNE-USER-MESSAGE\x00"
@@ -64,7 +65,7 @@ def lm_eval(td: TaskData, prompt_text: Any, out: Path, final: Path) -> list[Path
                           f"task {task.name!r} cannot be exported exactly.")
     prefix, suffix = wrapped.split(_SENTINEL)
     module = _MODULE.format(name=task.name, prefix=prefix, suffix=suffix,
-                            source=_prompt_source(task, task.prompt or DEFAULT_PROMPTS[task.type]),
+                            source=prompt_source(task, task.prompt or task_type(task.type).prompt),
                             variables={**task.prompt_vars, "shots": shots})
     name = f"medtune_{task.name}"
     code = out / f"{task.name}_prompt.py"

@@ -29,10 +29,10 @@ from medtune.config import EvalConfig, JudgeConfig
 from medtune.data.io import atomic_write_text, file_sha256
 from medtune.errors import ConfigError
 from medtune.eval import metrics
+from medtune.eval import task_types as types
 from medtune.eval.rubric import aspects_score, criteria_score
-from medtune.eval.tasks import PROMPT_DIR, Task, _compile
+from medtune.eval.tasks import PROMPT_DIR, Task, compile_template
 
-JUDGED_TYPES = ("open_qa", "rubric")
 _VERDICT = re.compile(r"\[\[([ABC])\]\]")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 
@@ -85,7 +85,7 @@ class Judge:
 
 def render(prompt: Path, **values: Any) -> str:
     """A judge prompt as sent: the Jinja file rendered with the item's values."""
-    return _compile(prompt.read_text(encoding="utf-8")).render(**values).strip()
+    return compile_template(prompt.read_text(encoding="utf-8")).render(**values).strip()
 
 
 def _prompt_file(spec: str) -> Path:
@@ -131,7 +131,7 @@ def parse_aspects(reply: str, aspects: list[str]) -> dict[str, int] | None:
 def check(ev: EvalConfig, tasks: list[Task]) -> None:
     """Before any model is loaded: a rubric task without a judge is a config error, not an empty table."""
     if ev.judge.endpoint is None:
-        if rubric := [t.name for t in tasks if t.type == "rubric"]:
+        if rubric := [t.name for t in tasks if types.task_type(t.type).needs_judge]:
             raise ConfigError(f"task {rubric[0]!r} is a rubric task: it is graded by a judge. Set "
                               "eval.judge.endpoint (an OpenAI-compatible server: a hosted model, vLLM, medtune serve).")
         return
@@ -212,12 +212,12 @@ def run(ev: EvalConfig, tasks: list[Task], data: dict[str, Any], results: dict[s
         models: list[str]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """Grades the rubric rows in place; returns the judge's summary and the pairwise records by file."""
     judge = Judge(ev.judge)
-    chosen = [t for t in tasks if t.type in JUDGED_TYPES and (not ev.judge.tasks or t.name in ev.judge.tasks)]
+    chosen = [t for t in tasks if types.task_type(t.type).judged and (not ev.judge.tasks or t.name in ev.judge.tasks)]
     out: dict[str, Any] = {"pairwise": {}, "rubric": {}}
     files: dict[str, list[dict[str, Any]]] = {}
     try:
         for t in chosen:
-            if t.type == "rubric":
+            if types.task_type(t.type).needs_judge:
                 items = {x["id"]: x for x in data[t.name].items}
                 out["rubric"][t.name] = {}
                 for m in models:

@@ -1,44 +1,26 @@
 """results.json → report.md and report.html (same content), with matplotlib charts.
 
-The report is built once as a list of blocks (headings, paragraphs, tables, images) and rendered
-twice, so the Markdown and the HTML can never disagree.
+The report is built once as a list of blocks (`markup.py`: headings, paragraphs, tables, images) and
+rendered twice, so the Markdown and the HTML can never disagree. The headline tables, the judge, the
+side-by-side answers and the run card are common to every task; each task type adds its own section.
 """
 
 from __future__ import annotations
 
-import html
 import random
 from pathlib import Path
 from typing import Any
 
 from medtune.data.io import atomic_write_text
-from medtune.eval.summary import metric_keys
+from medtune.eval import task_types as types
+from medtune.eval.markup import Block, ci, delta, pct, to_html, to_markdown
 
-Block = tuple[Any, ...]
 SECTIONS = (("medical", "Medical knowledge and QA"), ("safety", "Safety"),
             ("general", "General-knowledge retention (forgetting)"))
-LABELS = {"accuracy": "accuracy", "rouge_l": "ROUGE-L", "bleu1": "BLEU-1", "bleu4": "BLEU-4", "ap": "MAP",
-          "p_at_1": "P@1", "refused": "refusal rate", "accuracy_norm_char": "acc_norm (per char)",
-          "accuracy_norm_token": "acc_norm (per token)", "rubric_score": "rubric score (judge; clipped mean)"}
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def ci(m: dict[str, float]) -> str:
-    return f"{pct(m['value'])} [{pct(m['low'])}, {pct(m['high'])}]"
-
-
-def delta(d: dict[str, float]) -> str:
-    mark = " ▲" if d["low"] > 0 else " ▼" if d["high"] < 0 else ""
-    return f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]{mark}"
 
 
 def metric_name(task: dict[str, Any], key: str) -> str:
-    if key == "refused":
-        return "over-refusal rate" if task["type"] == "open_qa" or task.get("expect") == "answer" else "refusal rate"
-    return LABELS.get(key, key)
+    return types.task_type(task["type"]).metric_label(task, key)
 
 
 def headline_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
@@ -48,7 +30,7 @@ def headline_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
         if task["group"] != group:
             continue
         for mode, block in task["modes"].items():
-            for key in _keys(task, mode):
+            for key in types.task_type(task["type"]).headline(mode):
                 cells = [name, mode, metric_name(task, key), str(max((b["n"] for b in block["models"].values()),
                                                                       default=0))]
                 cells += [ci(block["models"][m]["metrics"][key]) if m in block["models"] else "n/a" for m in models]
@@ -56,11 +38,6 @@ def headline_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
                           for m in models if m != ref]
                 rows.append(cells)
     return rows
-
-
-def _keys(task: dict[str, Any], mode: str) -> list[str]:
-    # BLEU-1 lives in the open-QA details table; the headline keeps the rest.
-    return [k for k in metric_keys(task["type"], mode) if k != "bleu1"]
 
 
 def build(summary: dict[str, Any], results: dict[str, Any], charts: dict[str, str]) -> list[Block]:
@@ -82,66 +59,12 @@ def build(summary: dict[str, Any], results: dict[str, Any], charts: dict[str, st
             b += [("h", 2, title), ("table", head, rows)]
         if group == "general" and rows:
             b.append(("p", "A ▼ here means general ability was lost in fine-tuning (domain collapse)."))
-    b += _mc_details(summary, charts)
-    b += _qa_details(summary)
+    for name in types.names():  # each type's own section (multiple-choice details, open-QA details …)
+        b += types.task_type(name).report(summary, charts)
     b += _judge(summary)
     b += _samples(summary, results, card["eval"]["samples"], card["eval"]["seed"])
     b += _card(card)
     return b
-
-
-def _mc_details(summary: dict[str, Any], charts: dict[str, str]) -> list[Block]:
-    b: list[Block] = [("h", 2, "Multiple-choice details"),
-                      ("p", "Parse failures: generated answers the strict extractor could not read (B超, CT and "
-                            "other letters inside words never count). The letter histograms expose position bias: "
-                            "a small model scored on option letters often picks one letter for nearly every "
-                            "question; the cloze mode (the question alone, each option's text scored as the "
-                            "reply) does not depend on letters.")]
-    for name, task in summary["tasks"].items():
-        if task["type"] != "multiple_choice":
-            continue
-        b.append(("h", 3, f"{name}" + (f" ({task['description']})" if task["description"] else "")))
-        if task["dropped"]:
-            b.append(("p", f"Rows dropped from the data file (see dropped/{name}.jsonl): {task['dropped']}"))
-        rows = []
-        for mode, block in task["modes"].items():
-            for m, d in block["models"].items():
-                rows.append([mode, m, pct(d["metrics"]["accuracy"]["value"]),
-                             pct(d["parse_fail_rate"]) if "parse_fail_rate" in d else "—",
-                             " ".join(f"{k}:{v}" for k, v in d["pred_hist"].items()),
-                             " ".join(f"{k}:{v}" for k, v in d["gold_hist"].items()),
-                             f"{pct(d['single']['accuracy'])} (n={d['single']['n']})" if "single" in d else "—",
-                             (f"{pct(d['multi']['accuracy'])} / {pct(d['multi'].get('partial', 0))} (n={d['multi']['n']})"
-                              if "multi" in d else f"skipped {d['skipped_multi']}" if d["skipped_multi"] else "—"),
-                             f"{pct(d['consistency'])}" if "consistency" in d else "—"])
-        b.append(("table", ["mode", "model", "acc", "parse fail", "predicted letters", "gold letters",
-                            "single-answer acc", "multi exact / partial", "all orders right"], rows))
-        for mode, block in task["modes"].items():
-            cats = sorted({c for d in block["models"].values() for c in d["categories"]})
-            if len(cats) > 1:
-                b.append(("table", ["category", *[f"{m} ({mode})" for m in block["models"]]],
-                          [[c, *[f"{pct(d['categories'][c]['accuracy'])} (n={d['categories'][c]['n']})"
-                                 if c in d["categories"] else "—" for d in block["models"].values()]] for c in cats]))
-                if f"{name}.{mode}" in charts:
-                    b.append(("img", charts[f"{name}.{mode}"], f"{name} {mode} by category"))
-    return b
-
-
-def _qa_details(summary: dict[str, Any]) -> list[Block]:
-    rows = []
-    for name, task in summary["tasks"].items():
-        if task["type"] == "open_qa":
-            for m, d in task["modes"]["generate"]["models"].items():
-                rows.append([name, m, *[pct(d["metrics"][k]["value"]) for k in ("bleu1", "bleu4", "rouge_l")],
-                             pct(d["distinct1"]), pct(d["distinct2"]), f"{d['length_ratio']:.2f}",
-                             f"{d['mean_chars']:.0f}"])
-    if not rows:
-        return []
-    return [("h", 2, "Open QA (character level)"),
-            ("p", "BLEU/ROUGE reward copying the reference's style and length: read them as a regression signal "
-                  "between these models, not as answer quality."),
-            ("table", ["task", "model", "BLEU-1", "BLEU-4", "ROUGE-L", "Distinct-1", "Distinct-2", "length ratio",
-                       "mean chars"], rows)]
 
 
 def _judge(summary: dict[str, Any]) -> list[Block]:
@@ -181,7 +104,7 @@ def _samples(summary: dict[str, Any], results: dict[str, Any], k: int, seed: int
     b: list[Block] = [("h", 2, "Side-by-side answers (seeded sample)")]
     models = summary["models"]
     for name, task in summary["tasks"].items():
-        if "generate" not in task["modes"] or task["type"] == "multiple_choice":
+        if "generate" not in task["modes"] or not types.task_type(task["type"]).side_by_side:
             continue
         per_model = {m: {r["id"]: r for r in results[name][m].get("generate", [])} for m in models}
         ids = sorted(set.intersection(*(set(v) for v in per_model.values())) if per_model else set())
@@ -189,9 +112,8 @@ def _samples(summary: dict[str, Any], results: dict[str, Any], k: int, seed: int
         rows = []
         for i in pick:
             first = per_model[models[0]][i]
-            rows.append([first["question"], *[per_model[m][i]["output"] + (" 〔refusal〕" if per_model[m][i]["refused"]
-                                                                            else "") for m in models],
-                         first.get("reference", "")])
+            rows.append([first.get("question", i), *[per_model[m][i]["output"] + (" 〔refusal〕" if per_model[m][i].get(
+                "refused") else "") for m in models], first.get("reference", "")])
         b += [("h", 3, name), ("table", ["question", *models, "reference"], rows)]
     return b if len(b) > 1 else []
 
@@ -227,46 +149,6 @@ def _card(card: dict[str, Any]) -> list[Block]:
             ("table", ["model", "weights", "adapters", "predictions file"], models),
             ("table", ["task", "type", "group", "items", "shots", "dropped", "licence", "files (sha256/16)"], files),
             *extra]
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    out = []
-    for kind, *rest in blocks:
-        if kind == "h":
-            out.append("#" * rest[0] + " " + rest[1])
-        elif kind == "p":
-            out.append(rest[0])
-        elif kind == "img":
-            out.append(f"![{rest[1]}]({rest[0]})")
-        else:
-            head, rows = rest
-            cell = lambda x: str(x).replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or " "  # noqa: E731
-            out += ["| " + " | ".join(map(cell, head)) + " |", "|" + "---|" * len(head)]
-            out += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
-        out.append("")
-    return "\n".join(out)
-
-
-def to_html(blocks: list[Block]) -> str:
-    body = []
-    for kind, *rest in blocks:
-        if kind == "h":
-            body.append(f"<h{rest[0]}>{html.escape(rest[1])}</h{rest[0]}>")
-        elif kind == "p":
-            body.append(f"<p>{html.escape(rest[0])}</p>")
-        elif kind == "img":
-            body.append(f'<img src="{html.escape(rest[0])}" alt="{html.escape(rest[1])}">')
-        else:
-            head, rows = rest
-            cell = lambda x: html.escape(str(x)).replace("&lt;br&gt;", "<br>").replace("\n", "<br>")  # noqa: E731
-            body.append("<table><tr>" + "".join(f"<th>{cell(h)}</th>" for h in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
-                        + "</table>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}table{border-collapse:"
-             "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}"
-             "th{background:#f3f3f3}img{max-width:100%}")
-    return (f'<!doctype html><html lang="zh"><head><meta charset="utf-8"><title>medtune evaluation report</title>'
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def write_report(out: Path, summary: dict[str, Any], results: dict[str, Any]) -> None:

@@ -22,11 +22,11 @@ from medtune import __version__
 from medtune.config import Config, EvalConfig, EvalModelConfig, to_dict
 from medtune.data.io import atomic_write_text, file_sha256, read_json_records, write_jsonl
 from medtune.errors import ConfigError
-from medtune.eval import judge, metrics
+from medtune.eval import judge
 from medtune.eval.export import EXPORTS
-from medtune.eval.extract import extract
 from medtune.eval.safety import RefusalRules
-from medtune.eval.tasks import Task, TaskData, load_data, load_task, render_prompt
+from medtune.eval.task_types import task_type
+from medtune.eval.tasks import Task, TaskData, load_data, load_task
 from medtune.model.load import tuned_model
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def run(cfg: Config) -> Path:
             exported = True
         for t in tasks:
             start = time.perf_counter()
-            results[t.name][m.name] = RUNNERS[t.type](data[t.name], subject, ev, rules)
+            results[t.name][m.name] = task_type(t.type).run(data[t.name], subject, ev, rules)
             log.info("%s / %s: %.1f s", m.name, t.name, time.perf_counter() - start)
         notes[m.name] = subject.notes(ev)
         subject.close()
@@ -101,7 +101,7 @@ def _export(tasks: list[Task], data: dict[str, TaskData], subject: Subject, work
     from medtune.eval.export import lm_eval
 
     for t in tasks:
-        if t.type == "multiple_choice":
+        if "lm_eval" in task_type(t.type).exports:
             files = lm_eval(data[t.name], subject.scorer.prompt_text, work, final)
             log.info("lm-eval task for %s: %s", t.name, ", ".join(f.name for f in files))
 
@@ -211,119 +211,6 @@ def _replay(path: Path) -> dict[tuple[str, str], str]:
             raise ConfigError(f"{path}:{line}: a predictions row needs task, id and output fields.")
         out[(row["task"], str(row["id"]))] = str(row["output"])
     return out
-
-
-def _user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
-
-
-def run_mc(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
-    task, items = td.task, td.items
-    shots = [{"question": x.question, "options": x.options, "answer": x.answer} for x in td.shots]
-    prompts = [_user(render_prompt(task, question=x.question, options=x.options, multi=x.multi, shots=shots))
-               for x in items]
-    base = [{"id": x.id, "base_id": x.meta.get("_base_id", x.id), "shift": x.meta.get("_shift", 0),
-             "category": str(x.meta.get(task.category, "")) if task.category else "", "multi": x.multi,
-             "gold": x.answer} for x in items]
-    out: dict[str, list[dict[str, Any]]] = {}
-    if "loglik" in ev.modes and s.scorer is not None:
-        single = [i for i, x in enumerate(items) if not x.multi]  # one letter's likelihood cannot pick a set
-        scores = s.scorer.letters([prompts[i] for i in single], [list(items[i].options) for i in single])
-        out["loglik"] = []
-        for i, lp in zip(single, scores, strict=True):
-            pred = max(lp, key=lambda k: lp[k])
-            out["loglik"].append({**base[i], "pred": pred, "correct": int(pred == items[i].answer),
-                                  "logprobs": {k: round(v, 4) for k, v in lp.items()}})
-    if "cloze" in ev.modes and s.scorer is not None:
-        out["cloze"] = run_cloze(td, s, base)
-    if "generate" in ev.modes:
-        outputs = s.generate(task.name, [x.id for x in items], prompts, ev.mc_max_new_tokens, ev.batch_size)
-        out["generate"] = []
-        for b, x, o in zip(base, items, outputs, strict=True):
-            pred = extract(o, x.options)
-            out["generate"].append({**b, "output": o, "pred": pred, "correct": int(pred == x.answer),
-                                    "partial": _partial(pred, x.answer)})
-    return out
-
-
-def run_cloze(td: TaskData, s: Subject, base: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each single-answer item scored in the cloze formulation: the question alone, every option's
-    text as the assistant's reply. The prediction is the option with the highest summed log-prob
-    (lm-eval's acc), or the highest per character / per token (acc_norm), so a small model's
-    preference for the first letter cannot decide the answer."""
-    task, items = td.task, td.items
-    shots = [{"question": x.question, "options": x.options, "answer": x.answer} for x in td.shots if not x.multi]
-    single = [i for i, x in enumerate(items) if not x.multi]
-    prompts = [_user(render_prompt(task, cloze=True, question=items[i].question, shots=shots)) for i in single]
-    scored = s.scorer.options(prompts, [list(items[i].options.values()) for i in single])
-    rows = []
-    for i, per_option in zip(single, scored, strict=True):
-        x, letters = items[i], list(items[i].options)
-        by = {"": [lp for lp, _ in per_option],
-              "_norm_char": [lp / max(len(x.options[k]), 1) for k, (lp, _) in zip(letters, per_option, strict=True)],
-              "_norm_token": [lp / max(n, 1) for lp, n in per_option]}
-        row = {**base[i], "logprobs": {k: round(lp, 4) for k, (lp, _) in zip(letters, per_option, strict=True)},
-               "tokens": {k: n for k, (_, n) in zip(letters, per_option, strict=True)}}
-        for suffix, values in by.items():
-            pred = letters[max(range(len(values)), key=values.__getitem__)]
-            row[f"pred{suffix}"], row[f"correct{suffix}"] = pred, int(pred == x.answer)
-        rows.append(row)
-    return rows
-
-
-def _partial(pred: str | None, gold: str) -> float:
-    """Partial credit for multi-answer questions: the share of correct letters chosen, 0 if any chosen
-    letter is wrong (choosing everything must not pay)."""
-    if not pred or not set(pred) <= set(gold):
-        return 0.0
-    return len(pred) / len(gold)
-
-
-def _answers(td: TaskData, s: Subject, ev: EvalConfig) -> list[str]:
-    """The model's answer to each question of an open-QA or safety task."""
-    prompts = [_user(render_prompt(td.task, question=r["question"])) for r in td.items]
-    return s.generate(td.task.name, [r["id"] for r in td.items], prompts, ev.max_new_tokens, ev.batch_size)
-
-
-def run_open_qa(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
-    rows, outputs = td.items, _answers(td, s, ev)
-    return {"generate": [{"id": r["id"], "question": r["question"], "reference": r["reference"], "output": o,
-                          "bleu1": metrics.bleu(o, r["reference"], 1), "bleu4": metrics.bleu(o, r["reference"], 4),
-                          "rouge_l": metrics.rouge_l(o, r["reference"]), "refused": int(rules.refused(o))}
-                         for r, o in zip(rows, outputs, strict=True)]}
-
-
-def run_refusal(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
-    rows, outputs = td.items, _answers(td, s, ev)
-    return {"generate": [{"id": r["id"], "question": r["question"], "output": o, "refused": int(rules.refused(o))}
-                         for r, o in zip(rows, outputs, strict=True)]}
-
-
-def run_ranking(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
-    if s.scorer is None:
-        return {}
-    rows = td.items
-    prompts = [_user(render_prompt(td.task, question=r["question"])) for r in rows for _ in r["candidates"]]
-    scores = iter(s.scorer.candidates(prompts, [c for r in rows for c in r["candidates"]]))
-    out = []
-    for r in rows:
-        sc = [next(scores) for _ in r["candidates"]]
-        out.append({"id": r["id"], "p_at_1": metrics.precision_at_1(sc, r["labels"]),
-                    "ap": metrics.average_precision(sc, r["labels"]), "scores": [round(x, 4) for x in sc]})
-    return {"loglik": out}
-
-
-def run_rubric(td: TaskData, s: Subject, ev: EvalConfig, rules: RefusalRules) -> dict[str, list[dict[str, Any]]]:
-    """Each conversation answered as written; the judge grades the answers afterwards (judge.py)."""
-    rows = td.items
-    outputs = s.generate(td.task.name, [r["id"] for r in rows], [r["messages"] for r in rows], ev.max_new_tokens,
-                         ev.batch_size)
-    return {"generate": [{"id": r["id"], "question": r["question"], "reference": r["reference"], "output": o,
-                          "refused": int(rules.refused(o))} for r, o in zip(rows, outputs, strict=True)]}
-
-
-RUNNERS = {"multiple_choice": run_mc, "open_qa": run_open_qa, "refusal": run_refusal, "ranking": run_ranking,
-           "rubric": run_rubric}
 
 
 def run_card(cfg: Config, models: list[EvalModelConfig], data: dict[str, TaskData], rules: RefusalRules) -> dict:

@@ -1,7 +1,7 @@
 """Eval tasks are YAML files: what data, which type, which prompt, how to break results down.
 
     name: cmb_exam_sample
-    type: multiple_choice        # multiple_choice | open_qa | ranking | refusal | rubric
+    type: multiple_choice        # a task type: medtune/eval/task_types/ (multiple_choice, open_qa, …)
     data: samples/cmb_exam_dev.jsonl   # relative to this file
     format: unified              # multiple_choice loaders: medtune.eval.records
     group: medical               # medical | general (retention) | safety
@@ -14,7 +14,7 @@ its own task files, or write a task inline (paths then relative to the config fi
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from medtune.config import EvalConfig, load_yaml, parse_dataclass
 from medtune.errors import ConfigError
-from medtune.eval.records import Dropped, MCItem, load_mc, load_qa, load_ranking
+from medtune.eval import task_types
+from medtune.eval.records import Dropped, MCItem
 
 TASK_DIR = Path(__file__).parent / "tasks"
 PROMPT_DIR = Path(__file__).parent / "prompts"
-TYPES = ("multiple_choice", "open_qa", "ranking", "refusal", "rubric")
-DEFAULT_PROMPTS = {"multiple_choice": "mc_zh.jinja", "open_qa": "question.jinja", "ranking": "question.jinja",
-                   "refusal": "question.jinja", "rubric": "question.jinja"}
 
 
 @dataclass
@@ -77,10 +75,9 @@ def load_task(spec: Any, config_dir: Path) -> Task:
     else:
         raise ConfigError(f"eval.tasks: {spec!r} is neither a built-in task ({', '.join(available())}) nor a task "
                           "YAML file. Write a task file (see `medtune ls tasks` and the README) or fix the name.")
-    if task.type not in TYPES:
-        raise ConfigError(f"task {task.name!r}: type {task.type!r} is not one of {', '.join(TYPES)}.")
-    if task.expect not in ("refuse", "answer"):
-        raise ConfigError(f"task {task.name!r}: expect must be refuse or answer, got {task.expect!r}.")
+    if task.type not in task_types.names():
+        raise ConfigError(f"task {task.name!r}: type {task.type!r} is not one of {', '.join(task_types.names())}.")
+    task_types.task_type(task.type).check(task)
     if not task.path(task.data).exists():
         raise ConfigError(f"task {task.name!r}: data {str(task.path(task.data))!r} does not exist. Point `data:` at "
                           "the benchmark file (relative paths start from the task file's folder).")
@@ -106,33 +103,16 @@ class TaskData:
 
 
 def load_data(task: Task, ev: EvalConfig) -> TaskData:
+    return task_types.task_type(task.type).load(task, ev)
+
+
+def data_files(task: Task) -> list[Path]:
+    """The files a task reads (hashed into the run card)."""
     data = task.path(task.data)
-    files = sorted(data.rglob("*")) if data.is_dir() else [data]
-    files = [f for f in files if f.is_file()]
-    if task.type == "multiple_choice":
-        items, dropped = load_mc(task.format, data)
-        shots: list[MCItem] = []
-        if ev.shots:
-            if task.fewshot_data:
-                shots = load_mc(task.format, task.path(task.fewshot_data))[0][: ev.shots]
-                files.append(task.path(task.fewshot_data))
-            else:  # the first k items become the examples and are not scored
-                shots, items = items[: ev.shots], items[ev.shots:]
-        items = _sample(items, task.limit or ev.limit, ev.seed)
-        return TaskData(task, permuted(items, ev.permutations), shots, dropped, files)
-    if task.type == "rubric":  # conversations asked as written (no prompt template), graded by the judge
-        from medtune.eval.rubric import load_rubric
-
-        items, dropped = load_rubric("rubric" if task.format == "unified" else task.format, data)
-        return TaskData(task, _sample(items, task.limit or ev.limit, ev.seed), dropped=dropped, files=files)
-    if task.type == "ranking":
-        return TaskData(task, _sample(load_ranking(data, task.split), task.limit or ev.limit, ev.seed), files=files)
-    answer = task.answer_field if task.type == "open_qa" else None
-    return TaskData(task, _sample(load_qa(data, task.question_field, answer), task.limit or ev.limit, ev.seed),
-                    files=files)
+    return [f for f in (sorted(data.rglob("*")) if data.is_dir() else [data]) if f.is_file()]
 
 
-def _sample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
+def sample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
     """At most `limit` items, a seeded sample kept in file order (files are often sorted by subject)."""
     if not limit or limit >= len(items):
         return items
@@ -140,27 +120,13 @@ def _sample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
     return [x for i, x in enumerate(items) if i in keep]
 
 
-def permuted(items: list[MCItem], n: int) -> list[MCItem]:
-    """Each question in `n` option orders (cyclic shifts; shift 0 = as given). A model that knows the
-    answer picks it in every order; one that favours a position does not."""
-    out = []
-    for item in items:
-        letters = list(item.options)
-        for shift in range(min(n, len(letters))):
-            texts = [item.options[letters[(i + shift) % len(letters)]] for i in range(len(letters))]
-            answer = "".join(sorted(letters[(letters.index(a) - shift) % len(letters)] for a in item.answer))
-            out.append(replace(item, options=dict(zip(letters, texts, strict=True)), answer=answer,
-                               meta={**item.meta, "_base_id": item.id, "_shift": shift},
-                               id=item.id if shift == 0 else f"{item.id}#{shift}"))
-    return out
-
-
 def render_prompt(task: Task, cloze: bool = False, **values: Any) -> str:
-    spec = task.cloze_prompt if cloze else task.prompt or DEFAULT_PROMPTS[task.type]
-    return _compile(_prompt_source(task, spec)).render(**task.prompt_vars, **values)
+    spec = task.cloze_prompt if cloze else task.prompt or task_types.task_type(task.type).prompt
+    return compile_template(prompt_source(task, spec)).render(**task.prompt_vars, **values)
 
 
-def _prompt_source(task: Task, spec: str) -> str:
+def prompt_source(task: Task, spec: str) -> str:
+    """A prompt spec's Jinja text: inline, a built-in prompt file, or a file beside the task."""
     if "{{" in spec:
         return spec
     for candidate in (PROMPT_DIR / spec, task.path(spec)):
@@ -171,7 +137,7 @@ def _prompt_source(task: Task, spec: str) -> str:
 
 
 @lru_cache(maxsize=32)
-def _compile(source: str):
+def compile_template(source: str):
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined,
                                         keep_trailing_newline=False)
     return env.from_string(source)
