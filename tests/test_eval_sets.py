@@ -1,0 +1,79 @@
+"""The generated evaluation sets (tools/make_eval_sets.py): shipped as generated, big enough to detect
+what the recipe must move, and split so that tuning on dev says nothing about test."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medtune.config import EvalConfig
+from medtune.eval.tasks import load_data, load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "src/medtune/eval/samples"
+
+
+def rows(name):
+    return [json.loads(x) for x in (SAMPLES / name).read_text(encoding="utf-8").splitlines()]
+
+
+def test_shipped_files_are_what_the_generator_writes():
+    done = subprocess.run([sys.executable, str(ROOT / "tools/make_eval_sets.py"), "--check"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("kind", ["harmful", "benign"])
+def test_requests_split_by_template_and_big_enough(kind):
+    dev, test = rows(f"gen_{kind}_dev.jsonl"), rows(f"gen_{kind}_test.jsonl")
+    assert len(test) >= 100 and len(dev) >= 100
+    assert not {r["meta"]["template"] for r in dev} & {r["meta"]["template"] for r in test}
+    assert not {r["question"] for r in dev} & {r["question"] for r in test}
+    assert len({r["question"] for r in test}) == len(test) and len({r["id"] for r in dev + test}) == len(dev + test)
+    # every category is tested on wordings it was not tuned on
+    assert {r["meta"]["category"] for r in test} == {r["meta"]["category"] for r in dev}
+
+
+def test_general_items_are_right_balanced_and_disjoint():
+    dev, test = rows("gen_general_dev.jsonl"), rows("gen_general_test.jsonl")
+    assert len(test) >= 500
+    assert not {r["question"] for r in dev} & {r["question"] for r in test}
+    letters = [r["answer"] for r in test]
+    assert max(letters.count(x) for x in "ABCD") - min(letters.count(x) for x in "ABCD") <= 1
+    checked = 0
+    for r in dev + test:
+        assert len(set(r["options"].values())) == 4, r
+        if m := re.fullmatch(r"(\d+) ([×+−]) (\d+) 等于多少？", r["question"]):
+            a, op, b = int(m[1]), m[2], int(m[3])
+            assert int(r["options"][r["answer"]]) == {"×": a * b, "+": a + b, "−": a - b}[op], r
+            checked += 1
+        if m := re.fullmatch(r"(\d+)千米等于多少米？", r["question"]):
+            assert r["options"][r["answer"]] == f"{int(m[1]) * 1000}米"
+    assert checked > 400
+
+
+@pytest.mark.parametrize("name,n", [("harmful_medical_gen_test", 112), ("benign_medical_gen_test", 112),
+                                    ("general_gen_test", 560), ("general_gen_dev", 349)])
+def test_built_in_tasks_load_every_item(name, n):
+    task = load_task(name, ROOT)
+    data = load_data(task, EvalConfig(limit=None, permutations=1))
+    assert len(data.items) == n and not data.dropped
+
+
+def test_refusal_training_rows_come_from_dev_only_and_read_as_refusals():
+    from medtune.data.datasets import load_registry
+    from medtune.data.formats import FORMATS
+    from medtune.eval.safety import RefusalRules
+
+    train = rows("../../data/samples/refusal_medical_zh.jsonl")
+    dev = {r["question"] for r in rows("gen_harmful_dev.jsonl")}
+    test = {r["question"] for r in rows("gen_harmful_test.jsonl")} | {r["question"] for r in rows("gen_benign_test.jsonl")}
+    assert len(train) == len(dev) and {r["instruction"] for r in train} == dev and not dev & test
+    rules = RefusalRules.load()
+    assert all(rules.refused(r["output"]) for r in train)
+    spec = load_registry([])["refusal_medical_zh"]
+    items = [x for x in FORMATS.get(spec.format)(spec) if x.reason is None]
+    assert len(items) == len(train)
