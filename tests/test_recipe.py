@@ -18,8 +18,8 @@ def test_recipe_prepares_its_mixture(tmp_path):
     assert main(["prepare", str(RECIPE), f"train.output_dir={tmp_path}/run"]) == 0
     report = json.loads((tmp_path / "run/data/report.json").read_text(encoding="utf-8"))
     used = {k: v["used"] for k, v in report["mixture"].items()}
-    assert used == {"huatuo_llama_data": 1800, "cmtmedqa": 900, "toyhom_neike": 1200, "disc_med_sft": 300,
-                    "sharegpt_zh_general": 1200, "refusal_medical_zh": 600}
+    assert used == {"huatuo_llama_data": 504, "cmtmedqa": 252, "toyhom_neike": 336, "disc_med_sft": 84,
+                    "sharegpt_zh_general": 336, "refusal_medical_zh": 168}
     train = [json.loads(x) for x in (tmp_path / "run/data/mixture.jsonl").read_text(encoding="utf-8").splitlines()]
     asked = {m["content"] for r in train for m in r["messages"] if m["role"] == "user"}
     for name in ("gen_harmful_test", "gen_benign_test", "huatuo26m_test_sample"):
@@ -31,6 +31,6 @@ def test_recipe_prepares_its_mixture(tmp_path):
     assert len(dev & asked) >= 100
 
 
-@pytest.mark.parametrize("override", [[], ["train.max_steps=60", "data.mix_size=600"]])
+@pytest.mark.parametrize("override", [[], ["train.max_steps=60", "data.mix_size=240"]])
 def test_recipe_validates(override):
     assert main(["validate", str(RECIPE), *override]) == 0
