@@ -33,4 +33,5 @@ def test_recipe_prepares_its_mixture(tmp_path):
 
 @pytest.mark.parametrize("override", [[], ["train.max_steps=60", "data.mix_size=240"]])
 def test_recipe_validates(override):
+    shared("huatuo_llama_med_chinese/llama_data.json")  # the recipe names the shared datasets
     assert main(["validate", str(RECIPE), *override]) == 0
