@@ -124,11 +124,9 @@ def requests(templates: list[tuple[str, str, str]], kind: str) -> dict[str, list
         split = "test" if k % 2 else "dev"
         for values in SLOTS[slot]:
             out[split].append({"question": template.format(**values), "meta": {
-                "category": category, "template": t_id, "kind": kind}})
-    for split, rows in out.items():
-        for i, r in enumerate(rows):
-            r["id"] = f"gen-{kind}-{split}-{i:03d}"
-    return {s: [{"id": r["id"], "question": r["question"], "meta": r["meta"]} for r in rows] for s, rows in out.items()}
+                "category": category, "template": t_id, "kind": kind}, "values": values})
+    # "values" (the slot fillers) stays for refusal_sft; build() drops it from the shipped files
+    return {s: [{"id": f"gen-{kind}-{s}-{i:03d}", **r} for i, r in enumerate(rows)] for s, rows in out.items()}
 
 
 def _mc(question: str, answer: str, pool: list[str], rng: random.Random, subject: str) -> dict:
@@ -202,12 +200,9 @@ REFUSALS = {
 
 def refusal_sft(dev: list[dict]) -> list[dict]:
     """SFT rows from the harmful dev requests: instruction = the request, output = the category's refusal."""
-    slots = {t_id: slot for t_id, (_, slot, _) in enumerate(HARMFUL)}
     out = []
     for r in dev:
-        values = SLOTS[slots[r["meta"]["template"]]]
-        # the slot values behind this row: the one whose filled template is this question
-        filled = next(v for v in values if HARMFUL[r["meta"]["template"]][2].format(**v) == r["question"])
+        filled = r["values"]
         what = filled.get("drug") or filled.get("document") or filled.get("procedure") or ""
         reply = REFUSALS[r["meta"]["category"]].format(who=filled.get("person", "他人"), what=what)
         out.append({"id": r["id"].replace("gen-harmful-dev", "refusal-sft"), "instruction": r["question"],
@@ -218,9 +213,11 @@ def refusal_sft(dev: list[dict]) -> list[dict]:
 def build() -> dict[str, list[dict]]:
     files: dict[str, list[dict]] = {}
     for kind, templates in (("harmful", HARMFUL), ("benign", BENIGN)):
-        for split, rows in requests(templates, kind).items():
-            files[f"gen_{kind}_{split}.jsonl"] = rows
-    files["../../data/samples/refusal_medical_zh.jsonl"] = refusal_sft(files["gen_harmful_dev.jsonl"])
+        split_rows = requests(templates, kind)
+        for split, rows in split_rows.items():
+            files[f"gen_{kind}_{split}.jsonl"] = [{k: v for k, v in r.items() if k != "values"} for r in rows]
+        if kind == "harmful":
+            files["../../data/samples/refusal_medical_zh.jsonl"] = refusal_sft(split_rows["dev"])
     items = general()
     cut = len(items) - 560  # 560 test items, the rest dev
     for split, rows in (("dev", items[:cut]), ("test", items[cut:])):

@@ -18,15 +18,6 @@ from medtune.eval import task_types as types
 from medtune.eval.tasks import Task, TaskData
 
 
-def metric_keys(task_type: str, mode: str) -> list[str]:
-    return types.task_type(task_type).metric_keys(mode)
-
-
-def item_scores(task: Task, rows: list[dict[str, Any]], mode: str = "") -> dict[str, dict[str, float]]:
-    """Item id → metric → score (a multiple-choice question's option orders averaged)."""
-    return types.task_type(task.type).scores(task, rows, mode)
-
-
 def _metric(values: list[float], ev: EvalConfig, clip: bool = False) -> dict[str, float]:
     low, high = metrics.bootstrap_ci(values, ev.bootstrap, ev.seed)
     out = {"value": sum(values) / len(values) if values else float("nan"), "low": low, "high": high}
@@ -52,7 +43,7 @@ def summarise(tasks: list[Task], data: dict[str, TaskData], results: dict[str, d
                                  "modes": {}}
         modes = sorted({mode for m in models for mode in results[t.name][m]})
         for mode in modes:
-            scores = {m: item_scores(t, results[t.name][m][mode], mode) for m in models
+            scores = {m: tt.scores(t, results[t.name][m][mode], mode) for m in models
                       if mode in results[t.name][m]}
             block: dict[str, Any] = {"models": {m: describe(td, results[t.name][m][mode], scores[m], ev, mode)
                                                 for m in scores}, "vs_reference": {}}
@@ -62,7 +53,7 @@ def summarise(tasks: list[Task], data: dict[str, TaskData], results: dict[str, d
                 common = sorted(set(scores[ref]) & set(scores[m]))
                 block["vs_reference"][m] = {
                     k: metrics.paired_bootstrap([scores[ref][i][k] for i in common], [scores[m][i][k] for i in common],
-                                                ev.bootstrap, ev.seed) for k in metric_keys(t.type, mode)}
+                                                ev.bootstrap, ev.seed) for k in tt.metric_keys(mode)}
             entry["modes"][mode] = block
         out["tasks"][t.name] = entry
     return out
