@@ -29,9 +29,12 @@ VERBS = {
     "compare": "base-vs-tuned report: eval loss and side-by-side answers to held-out questions",
     "eval": "benchmark tasks x models: accuracy (log-likelihood and strict generation), open-QA metrics, safety, "
             "retention, paired bootstrap CIs; results.json + report.md/html",
+    "kb": "build a knowledge base from local documents (BM25 / dense / hybrid, incremental); kb.qa: grounded "
+          "SFT data; --query: search it",
     "validate": "check a config, its datasets, template, stage and method without running anything",
 }
-LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines", "tasks", "task-types", "synth")
+LS_KINDS = ("templates", "formats", "datasets", "stages", "methods", "engines", "tasks", "task-types", "synth",
+            "retrievers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=help_text, description=help_text)
         p.add_argument("config", help="YAML config file")
         p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.num_train_epochs=2")
+        if verb == "kb":
+            p.add_argument("--query", help="search the built index and print the top kb.top_k chunks")
     ls = sub.add_parser("ls", help="list what exists: " + "|".join(LS_KINDS))
     ls.add_argument("kind", choices=LS_KINDS)
     ls.add_argument("--registries", nargs="*", default=[], help="extra datasets.yaml files to include")
@@ -100,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _verbs() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "eval": _eval, "synth": _synth, "export": _export,
-            "serve": _serve, "webui": _webui, "validate": _validate}
+            "serve": _serve, "webui": _webui, "validate": _validate, "kb": _kb}
 
 
 def _config(args: argparse.Namespace):
@@ -210,6 +215,29 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kb(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.query is not None:
+        from medtune.kb.ground import Grounder
+
+        for n, hit in enumerate(Grounder(cfg.kb).retrieve(args.query), 1):
+            print(f"[{n}] {hit.score:.3f} {hit.where()}\n    {hit.chunk['text'][:200]}")
+        return 0
+    from medtune.kb.index import build
+
+    report = build(cfg.kb)
+    print(f"{report['chunks']} chunks from {report['documents']} document(s) (files: {report['added']} new, "
+          f"{report['changed']} changed, {report['unchanged']} unchanged, {report['removed']} removed); skipped "
+          f"{report['skipped'] or 'none'}; embedded {report['embedded']} chunk(s); index: {report['index']}")
+    if cfg.kb.qa.input:
+        from medtune.kb.qa import build_qa
+
+        qa = build_qa(cfg.kb)
+        print(f"grounded QA: {qa['rows']} rows ({qa['answerable']} answerable), dropped {qa['dropped'] or 'none'}; "
+              f"data: {qa['output']}/data.jsonl (registry: {qa['output']}/datasets.yaml)")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from medtune.train.checks import preflight
 
@@ -255,6 +283,10 @@ def _ls(kind: str, registries: list[str]) -> int:
         from medtune.infer.engine import ENGINES
 
         table = ENGINES.describe()
+    elif kind == "retrievers":
+        from medtune.kb.retrieve import RETRIEVERS
+
+        table = RETRIEVERS.describe()
     else:
         from medtune.model.methods import METHODS
 

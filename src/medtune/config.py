@@ -38,6 +38,7 @@ from medtune.schema import (  # noqa: F401
     FreezeConfig,
     GenerationConfig,
     JudgeConfig,
+    KbConfig,
     LoraConfig,
     ModelConfig,
     PrefixConfig,
@@ -129,10 +130,11 @@ PATH_KEYS = {
     "eval.tasks", "eval.models.name_or_path", "eval.models.adapters", "eval.models.predictions", "eval.output_dir",
     "eval.refusal_rules", "synth.input", "synth.output_dir", "synth.prompt", "synth.dedup_against",
     "export.output_dir", "export.adapters", "train.output_dir", "train.resume_from_checkpoint",
-    "train.logging_dir", "train.deepspeed",
+    "train.logging_dir", "train.deepspeed", "kb.documents", "kb.index", "kb.embedding_model", "kb.template",
+    "kb.qa.input", "kb.qa.output", "kb.qa.absent", "eval.models.kb",
 }
 # Values that may name a built-in thing instead of a file: kept unless they exist as a file or look like one.
-_NAMED = {"model.name_or_path", "eval.tasks", "finetune.retention.task", "train.deepspeed"}
+_NAMED = {"model.name_or_path", "eval.tasks", "finetune.retention.task", "train.deepspeed", "kb.template"}
 
 
 def resolve_paths(raw: Any, base: Path, prefix: str = "") -> Any:

@@ -206,6 +206,9 @@ class EvalModelConfig:
     # through its chat API; the log-likelihood modes need weights and are skipped for it, with a note.
     endpoint: ApiModelConfig | None = None
     engine: str = "hf"  # weights loaded here: hf (transformers) or vllm (CUDA; generation only)
+    # A knowledge-base index: this model's generation prompts are grounded in what it retrieves (kb.* settings),
+    # so one report compares the model with and without retrieval.
+    kb: str | None = None
 
 
 @dataclass
@@ -349,6 +352,40 @@ class ServeConfig:
 
 
 @dataclass
+class KbQaConfig:
+    """Grounded SFT data: each question with the passages serving retrieves for it, in the context template."""
+
+    input: str | None = None  # JSONL with question, answer and the passage (text or the KB chunk/record id)
+    output: str | None = None  # default: <kb.index>/kb_qa.jsonl
+    question_field: str = "question"
+    answer_field: str = "answer"
+    passage_field: str = "passage"  # the gold passage's text, or a KB record / chunk id or document file name
+    absent: str | None = None  # JSONL of questions the documents do not answer: trained to say so
+    unanswerable: float = 0.2  # share of input rows given passages from other documents only; the answer says so
+    seed: int = 0
+
+
+@dataclass
+class KbConfig:
+    """`medtune kb`: a knowledge base from local documents; with kb.index set, chat/serve/webui ground answers."""
+
+    documents: list[str] = field(default_factory=list)  # files, folders, globs: .txt .md .jsonl .json .pdf
+    index: str | None = None  # the index folder medtune kb writes and the engine reads
+    text_field: str = "text"  # JSONL/JSON documents: the record's text, title and id fields
+    title_field: str = "title"
+    id_field: str = "id"
+    chunk_chars: int = 300
+    overlap_chars: int = 60
+    retriever: str = "bm25"  # bm25 | dense | hybrid (`medtune ls retrievers`)
+    embedding_model: str | None = None  # a sentence-transformers model folder (dense, hybrid)
+    top_k: int = 3
+    template: str = "context_zh.jinja"  # medtune/kb/templates or a path: how passages enter the prompt
+    max_context_chars: int = 1500  # passages beyond this total are left out (the last ones first)
+    max_query_chars: int = 512
+    qa: KbQaConfig = field(default_factory=KbQaConfig)
+
+
+@dataclass
 class Config:
     """One run's whole configuration."""
 
@@ -362,6 +399,7 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    kb: KbConfig = field(default_factory=KbConfig)
     # Passed through to transformers.TrainingArguments (output_dir, learning_rate, ...).
     train: dict[str, Any] = field(default_factory=dict)
     # Where the config came from (for relative paths); not a user key.

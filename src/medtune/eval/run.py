@@ -47,7 +47,9 @@ def run(cfg: Config) -> Path:
     if bad := [x for x in ev.export if x not in EXPORTS]:
         raise ConfigError(f"eval.export: {bad[0]!r} is not one of {', '.join(EXPORTS)}.")
     data = {t.name: load_data(t, ev) for t in tasks}
-    models = eval_models(cfg)
+    # Retrieval-only runs score the knowledge base, not a model: none is loaded.
+    weightless = not ev.models and not any(task_type(t.type).needs_model for t in tasks)
+    models = [EvalModelConfig("kb")] if weightless else eval_models(cfg)
     if ev.export and all(m.predictions or m.endpoint is not None or m.engine != "hf" for m in models):
         raise ConfigError("eval.export lm_eval needs a model with weights here (its chat template and tokenizer "
                           "render the prompts); every eval model is an endpoint, a predictions file or vllm.")
@@ -58,7 +60,7 @@ def run(cfg: Config) -> Path:
     exports = Path(tempfile.mkdtemp(prefix="medtune-export-")) if ev.export else None
     exported = False
     for m in models:
-        subject = Subject.open(m, cfg)
+        subject = Subject(m.name) if weightless else Subject.open(m, cfg)
         if exports and not exported and subject.scorer is not None:  # prompts in the first local model's template
             _export(tasks, data, subject, exports / "lm_eval", out / "lm_eval")
             exported = True
@@ -138,9 +140,20 @@ class Subject:
                  scorer: Any = None, no_loglik: str | None = None) -> None:
         self.name, self.engine, self.replay, self.scorer, self.no_loglik = name, engine, replay, scorer, no_loglik
         self.cache: dict[tuple[str, int], str] = {}
+        self.grounder: Any = None  # eval.models[].kb: generation prompts grounded in that knowledge base
+        self.contexts: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (task, id) → the passages it was given
 
     @classmethod
     def open(cls, m: EvalModelConfig, cfg: Config) -> Subject:
+        subject = cls._open(m, cfg)
+        if m.kb:
+            from medtune.kb.ground import Grounder
+
+            subject.grounder = Grounder(cfg.kb, m.kb)
+        return subject
+
+    @classmethod
+    def _open(cls, m: EvalModelConfig, cfg: Config) -> Subject:
         if m.predictions:
             return cls(m.name, replay=_replay(Path(m.predictions)), no_loglik="a predictions file has no weights")
         if m.endpoint is not None:
@@ -176,6 +189,10 @@ class Subject:
                 raise ConfigError(f"model {self.name!r}: the predictions file has no output for task {task!r}, "
                                   f"id {missing[0]!r} ({len(missing)} missing). Every scored item needs one.")
             return [self.replay[(task, i)] for i in ids]
+        if self.grounder is not None:
+            grounded = [self.grounder.ground(c) for c in conversations]
+            self.contexts.update({(task, i): g.citations for i, g in zip(ids, grounded, strict=True)})
+            conversations = [g.messages for g in grounded]
         # Greedy decoding is deterministic: a prompt asked twice (the same questions in an open-QA and an
         # over-refusal task) is generated once.
         keys = [(json.dumps(c, ensure_ascii=False), max_new_tokens) for c in conversations]

@@ -49,6 +49,11 @@ class Task:
     split: str = "dev"  # ranking: <split>_candidates.txt
     fewshot_data: str | None = None
     limit: int | None = None  # overrides eval.limit for this task
+    # retrieval tasks: the knowledge-base index (built by medtune kb), the retrievers compared (each a mode),
+    # and the field naming the gold record / chunk id(s)
+    kb: str | None = None
+    retrievers: list[str] = field(default_factory=lambda: ["bm25"])
+    gold_field: str = "gold"
     description: str = ""
     license: str = ""
     source: str = ""

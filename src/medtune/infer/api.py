@@ -3,6 +3,10 @@
     GET  /health                 liveness, queue and batch occupancy
     GET  /v1/models              the one model served
     POST /v1/chat/completions    with or without "stream": true (server-sent events, OpenAI chunks)
+    POST /v1/retrieve            with kb.index: the knowledge base's passages for a query
+
+With kb.index set, answers are grounded in retrieved passages and carry them as `citations`: an
+extension field on the message (and on the delta of the last stream chunk).
 
 Bad requests get OpenAI-style JSON errors and never take the server down: 400 for malformed JSON and
 invalid requests (unknown role, empty messages, max_tokens above the cap, a prompt beyond the context
@@ -108,7 +112,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         # Unknown routes and methods answer in OpenAI's error shape too, so clients can show the message.
-        message = {404: f"Unknown route {request.url.path}. Routes: /v1/chat/completions, /v1/models, /health.",
+        message = {404: f"Unknown route {request.url.path}. Routes: /v1/chat/completions, /v1/retrieve, /v1/models, /health.",
                    405: f"Method {request.method} is not allowed on {request.url.path}."}.get(e.status_code, str(e.detail))
         return ApiError(e.status_code, message, code={404: "not_found", 405: "method_not_allowed"}.get(e.status_code)).response()
 
@@ -122,6 +126,15 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "medtune"}]}
+
+    @app.post("/v1/retrieve")
+    async def retrieve(request: Request) -> dict[str, Any]:
+        """The knowledge base's top passages for a query, for clients that build their own prompts."""
+        body = await read_body(request, cfg.max_request_bytes)
+        query, top_k = parse_retrieve(body, engine)
+        hits = await asyncio.to_thread(engine.grounder.retrieve, query, top_k)
+        return {"object": "list", "query": query, "retriever": engine.grounder.cfg.retriever,
+                "data": [{"n": n, **h.citation()} for n, h in enumerate(hits, 1)]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -198,7 +211,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
                         return
                     if cfg.disclaimer.enabled:
                         yield chunk({"content": "\n\n" + cfg.disclaimer.text})
-                    yield chunk({}, finish())
+                    yield chunk({"citations": req["citations"]} if engine.grounder else {}, finish())
                     if (req.get("stream_options") or {}).get("include_usage"):
                         yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
                                                      "model": model_id, "choices": [], "usage": usage()}) + "\n\n"
@@ -235,7 +248,8 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
         if cfg.disclaimer.enabled:
             text += "\n\n" + cfg.disclaimer.text
         return {"id": rid, "object": "chat.completion", "created": created, "model": model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
+                                                     **({"citations": req["citations"]} if engine.grounder else {})},
                              "finish_reason": finish()}], "usage": usage()}
 
     return app
@@ -288,12 +302,40 @@ def parse_request(body: bytes, cfg: ServeConfig, engine: EngineBase) -> dict[str
         raise ApiError(400, f"max_tokens={max_tokens} is outside 1..{cfg.max_tokens_cap} (serve.max_tokens_cap).",
                        param="max_tokens")
     req["max_tokens"] = max_tokens
+    grounded = engine.ground(req["messages"], max_tokens)  # kb.index: passages into the last user turn
+    req["messages"], req["citations"] = grounded.messages, grounded.citations
     prompt = req["prompt_tokens"] = len(engine.prompt_ids(req["messages"]))
     if engine.context_length and prompt + max_tokens > engine.context_length:
         raise ApiError(400, f"The prompt has {prompt} tokens; with max_tokens={max_tokens} it exceeds the model's "
                             f"context length of {engine.context_length}. Shorten the conversation.",
                        param="messages", code="context_length_exceeded")
     return req
+
+
+def parse_retrieve(body: bytes, engine: EngineBase) -> tuple[str, int | None]:
+    """A /v1/retrieve body: {"query": str, "top_k": int (optional)}."""
+    if engine.grounder is None:
+        raise ApiError(404, "This server has no knowledge base: start it with kb.index set (built by `medtune kb`).",
+                       code="no_knowledge_base")
+    try:
+        req = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError(400, f"Request body is not valid JSON: {e}.") from None
+    if not isinstance(req, dict):
+        raise ApiError(400, "Request body must be a JSON object with 'query'.")
+    if unknown := sorted(set(req) - {"query", "top_k"}):
+        raise ApiError(400, f"Unsupported field {unknown[0]!r}. Supported: query, top_k.", param=unknown[0])
+    query, top_k = req.get("query"), req.get("top_k")
+    if not isinstance(query, str) or not query.strip():
+        raise ApiError(400 if query is None or isinstance(query, str) else 422, "'query' must be a non-empty string.",
+                       param="query")
+    limit = engine.grounder.cfg.max_query_chars
+    if len(query) > limit:
+        raise ApiError(400, f"'query' has {len(query)} characters; the limit is {limit} (kb.max_query_chars). "
+                            "Send the question, not the whole record.", param="query")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 50):
+        raise ApiError(400, "'top_k' must be an integer from 1 to 50.", param="top_k")
+    return query, top_k
 
 
 def _content(value: Any, i: int) -> str:

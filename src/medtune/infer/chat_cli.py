@@ -13,6 +13,7 @@ from typing import TextIO
 
 from medtune.config import Config
 from medtune.infer.engine import make_engine
+from medtune.kb.ground import sources_text
 
 HELP = ("输入问题后回车。/reset 清空对话历史，/help 帮助，/exit 退出；回答时按 Ctrl-C 停止当前回答。\n"
         "(Type a question and press Enter. /reset clears the history, /help shows this, /exit quits; "
@@ -62,13 +63,16 @@ def _repl(engine, cfg: Config, stdin: TextIO, stdout: TextIO) -> int:
         history.append({"role": "user", "content": text})
         print("助手> ", end="", file=stdout, flush=True)
         pieces: list[str] = []
+        grounded = engine.ground(system + history)  # the history keeps the question as asked
         try:
-            for piece in engine.stream(system + history):
+            for piece in engine.stream(grounded.messages):
                 pieces.append(piece)
                 print(piece, end="", file=stdout, flush=True)
         except KeyboardInterrupt:  # the stream's own cleanup has cancelled the generation
             print("\n(已停止 / stopped)", end="", file=stdout, flush=True)
         print(file=stdout)
+        if grounded.citations:
+            print(sources_text(grounded.citations), file=stdout)
         answer = engine.clean("".join(pieces))
         if answer:
             history.append({"role": "assistant", "content": answer})

@@ -24,8 +24,16 @@ ENGINES = Registry("inference engine")
 
 
 def make_engine(cfg: Config) -> Any:
-    """The engine `serve.engine` names, for the config's model (front-ends call this)."""
-    return ENGINES.get(cfg.serve.engine)(cfg)
+    """The engine `serve.engine` names, for the config's model (front-ends call this); with `kb.index`
+    set it grounds answers in that knowledge base (opened first: a bad index fails before the model loads)."""
+    grounder = None
+    if cfg.kb.index:
+        from medtune.kb.ground import Grounder
+
+        grounder = Grounder(cfg.kb)
+    engine = ENGINES.get(cfg.serve.engine)(cfg)
+    engine.grounder = grounder
+    return engine
 
 
 class EngineBase:
@@ -35,6 +43,19 @@ class EngineBase:
     tokenizer: Any
     template: Any
     stop: str
+    grounder: Any = None  # a medtune.kb.ground.Grounder when the config has kb.index
+
+    def ground(self, messages: list[dict[str, str]], max_new_tokens: int | None = None) -> Any:
+        """Retrieval for every front-end: the messages with passages in the last user turn (as many as
+        keep the prompt and `max_new_tokens` within the context) and their citations."""
+        from medtune.kb.ground import Grounded
+
+        if self.grounder is None:
+            return Grounded(messages)
+        room = max_new_tokens or self.gen_cfg.max_new_tokens
+        limit = getattr(self, "context_length", None)
+        fits = (lambda m: len(self.prompt_ids(m)) + room <= limit) if limit else None
+        return self.grounder.ground(messages, fits)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         return prompt_ids(self.tokenizer, self.template, messages)

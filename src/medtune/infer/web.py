@@ -13,6 +13,7 @@ from typing import Any
 from medtune.config import Config
 from medtune.infer.api import red_flag_notice
 from medtune.infer.engine import EngineBase, make_engine
+from medtune.kb.ground import sources_text
 
 DISCLAIMER = "本页面由 medtune 提供，回答由 AI 生成，仅供参考，不能替代医生的诊断和治疗。如有急症请立即拨打 120。"
 
@@ -30,10 +31,14 @@ def build(engine: EngineBase, cfg: Config) -> Any:
         messages = system + turns + [{"role": "user", "content": message}]
         notice = red_flag_notice(messages, s)
         answer = notice + "\n\n" if notice else ""
-        for piece in engine.stream(messages, temperature=temperature or None, do_sample=temperature > 0,
+        grounded = engine.ground(messages, int(max_new_tokens))
+        for piece in engine.stream(grounded.messages, temperature=temperature or None, do_sample=temperature > 0,
                                    top_p=top_p, max_new_tokens=int(max_new_tokens),
                                    repetition_penalty=repetition_penalty):
             answer += piece
+            yield answer
+        if grounded.citations:
+            answer += "\n\n" + sources_text(grounded.citations).replace("\n", "  \n")
             yield answer
         if s.disclaimer.enabled:
             yield answer + "\n\n" + s.disclaimer.text

@@ -51,6 +51,7 @@ class TaskType:
     # (question, reference and refused when present).
     side_by_side: ClassVar[bool] = True
     exports: ClassVar[tuple[str, ...]] = ()  # eval.export formats that can write this type
+    needs_model: ClassVar[bool] = True  # retrieval scores a knowledge base: a run of only such tasks loads no model
 
     def check(self, task: Task) -> None:
         """Type-specific task-file checks, before any data or model is loaded."""
