@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     # download) is missing; it changes nothing for medtune's CPU paths, so keep it out of the output.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
+        if args.verb == "ls" and args.export:
+            return _export_dataset_info(args)
         if args.verb == "ls":
             return _ls(args.kind, args.registries)
         return _verbs()[args.verb](args)
@@ -99,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--query", help="search the built index and print the top kb.top_k chunks")
     ls = sub.add_parser("ls", help="list what exists: " + "|".join(LS_KINDS))
     ls.add_argument("kind", choices=LS_KINDS)
-    ls.add_argument("--registries", nargs="*", default=[], help="extra datasets.yaml files to include")
+    ls.add_argument("--registries", nargs="*", default=[], help="extra datasets.yaml (or dataset_info.json) files")
+    ls.add_argument("--export", choices=["dataset_info"], help="datasets: write LLaMA-Factory's dataset_info.json")
+    ls.add_argument("--out", default="dataset_info.json", help="where --export writes (default ./dataset_info.json)")
     return parser
 
 
@@ -245,6 +249,25 @@ def _validate(args: argparse.Namespace) -> int:
     preflight(cfg)
     print(f"{args.config}: OK ({cfg.finetune.stage}/{cfg.finetune.method}, template {cfg.model.template}, "
           f"{len(cfg.data.datasets)} dataset(s))")
+    return 0
+
+
+def _export_dataset_info(args: argparse.Namespace) -> int:
+    """`medtune ls datasets --export dataset_info`: the registry as LLaMA-Factory's dataset_info.json."""
+    from pathlib import Path
+
+    from medtune.data.datasets import load_registry
+    from medtune.data.io import atomic_write_text
+    from medtune.data.llamafactory import write_dataset_info
+
+    if args.kind != "datasets":
+        raise MedtuneError("--export dataset_info goes with `medtune ls datasets`.")
+    out = Path(args.out)
+    info, skipped = write_dataset_info(load_registry(args.registries), out.resolve().parent)
+    atomic_write_text(out, json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    print(f"wrote {len(info)} dataset(s) to {out} (file_name relative to its folder: LLaMA-Factory's dataset_dir)")
+    for name, why in skipped.items():
+        print(f"  skipped {name}: {why}")
     return 0
 
 

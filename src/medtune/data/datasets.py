@@ -13,12 +13,14 @@ An entry says where a dataset is, how to read it and under what terms:
       source: https://github.com/Toyhom/Chinese-medical-dialogue-data
 
 medtune's built-in registry (the samples shipped in the package) is read first; files listed in
-`data.registries` are read after it and may add or override names.
+`data.registries` are read after it and may add or override names. A registry may also be
+LLaMA-Factory's `dataset_info.json` (see `medtune.data.llamafactory`).
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,10 @@ import yaml
 
 from medtune.errors import ConfigError
 
+log = logging.getLogger(__name__)
 BUILTIN_REGISTRY = Path(__file__).parent / "datasets.yaml"
 _KEYS = {"path", "format", "encoding", "columns", "options", "license", "source", "description", "allowed_use"}
+_INTERNAL = {"unavailable"}
 
 
 @dataclass
@@ -47,6 +51,8 @@ class DatasetSpec:
     # What a record that does not parse does: stop (the run, naming file and line) or skip (dropped and
     # counted as invalid_json / invalid_unicode); set for every dataset by data.on_error.
     on_error: str = "stop"
+    # Why this entry cannot be read here (a dataset_info.json entry on a hub, multimodal, ...); said when used.
+    unavailable: str = ""
 
 
 def load_registry(extra: list[str] | tuple[str, ...] = ()) -> dict[str, DatasetSpec]:
@@ -55,7 +61,12 @@ def load_registry(extra: list[str] | tuple[str, ...] = ()) -> dict[str, DatasetS
     for reg in (BUILTIN_REGISTRY, *map(Path, extra)):
         if not reg.is_file():
             raise ConfigError(f"Dataset registry {str(reg)!r} does not exist (data.registries).")
-        entries = yaml.safe_load(reg.read_text(encoding="utf-8")) or {}
+        if reg.suffix == ".json":  # LLaMA-Factory's dataset_info.json
+            from medtune.data.llamafactory import read_dataset_info
+
+            entries = read_dataset_info(reg)
+        else:
+            entries = yaml.safe_load(reg.read_text(encoding="utf-8")) or {}
         for name, entry in entries.items():
             specs[name] = _spec(name, entry, reg)
     return specs
@@ -64,7 +75,7 @@ def load_registry(extra: list[str] | tuple[str, ...] = ()) -> dict[str, DatasetS
 def _spec(name: str, entry: Any, reg: Path) -> DatasetSpec:
     if not isinstance(entry, dict) or "path" not in entry or "format" not in entry:
         raise ConfigError(f"{reg}: dataset {name!r} needs at least `path:` and `format:`.")
-    unknown = set(entry) - _KEYS
+    unknown = set(entry) - _KEYS - _INTERNAL
     if unknown:
         key = sorted(unknown)[0]
         close = difflib.get_close_matches(key, _KEYS, n=1)
@@ -74,6 +85,16 @@ def _spec(name: str, entry: Any, reg: Path) -> DatasetSpec:
     if not path.is_absolute() and "://" not in entry["path"]:
         path = reg.parent.resolve() / path if any(ch in entry["path"] for ch in "*?[") else (reg.parent / path).resolve()
     return DatasetSpec(name=name, **{**entry, "path": str(path)})
+
+
+def _sha1(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def resolve(names: list[str], registries: list[str] | tuple[str, ...] = ()) -> list[DatasetSpec]:
@@ -86,5 +107,11 @@ def resolve(names: list[str], registries: list[str] | tuple[str, ...] = ()) -> l
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"Unknown dataset {name!r}.{hint} Known: {', '.join(sorted(specs))}. "
                               "Add it to a registry file listed in data.registries.")
-        out.append(specs[name])
+        spec = specs[name]
+        if spec.unavailable:
+            raise ConfigError(f"Dataset {name!r} cannot be used: {spec.unavailable}")
+        if (sha1 := spec.options.get("file_sha1")) and Path(spec.path).is_file() and _sha1(spec.path) != sha1:
+            log.warning("dataset %s: %s has sha1 %s, not the file_sha1 %s its dataset_info.json records (the file "
+                        "changed since it was registered)", name, spec.path, _sha1(spec.path), sha1)
+        out.append(spec)
     return out

@@ -195,25 +195,46 @@ def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
     """ShareGPT (from/value) and OpenAI (role/content) turns. One file holds one key style: the first
     row that converts sets it, and a later row in the other style stops the run with both lines named
     (two sources were concatenated; their roles or system prompts may differ too). A turn or row that
-    mixes the styles itself is dropped as `mixed_key_style`."""
+    mixes the styles itself is dropped as `mixed_key_style`.
+
+    `options.tags` (LLaMA-Factory's dataset_info tags) names other keys and role values: role_tag,
+    content_tag, user_tag, assistant_tag, system_tag, observation_tag, function_tag. A `system` column
+    becomes the system turn; a row with tool turns (observation / function_call) or a non-empty `tools`
+    column is dropped as `tool_turns` (medtune's chat templates have no tool role)."""
     first: dict[str, tuple[str, str]] = {}  # file -> (its key style, the row that set it)
+    tags = spec.options.get("tags") or {}
+    roles = dict(_SHAREGPT_ROLES)
+    for tag, role in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system"),
+                      ("observation_tag", "tool"), ("function_tag", "tool")):
+        if tags.get(tag):
+            roles[tags[tag]] = role
+    roles.setdefault("observation", "tool")
+    roles.setdefault("function_call", "tool")
+    role_keys = [tags["role_tag"]] if tags.get("role_tag") else ["role", "from"]
+    content_keys = [tags["content_tag"]] if tags.get("content_tag") else ["content", "value"]
+    styles_of = {**_STYLES, **{k: "tags" for k in role_keys + content_keys if k not in _STYLES}}
 
     def convert(row: Any, where: str) -> Item:
         turns = _field(row, spec, "messages", where, default=default_key)
         if not isinstance(turns, list):
             return Item(where, reason="bad_messages", raw=row)
-        messages, styles = [], set()
+        if "tools" in spec.columns and _field(row, spec, "tools", where, required=False):
+            return Item(where, reason="tool_turns", raw=row, detail={"field": "tools"})
+        system = _text(_field(row, spec, "system", where, required=False), "system") if "system" in spec.columns else ""
+        messages, styles = ([{"role": "system", "content": system}] if system else []), set()
         for i, turn in enumerate(turns):
-            role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
-            if role not in _SHAREGPT_ROLES:
+            role = next((turn[k] for k in role_keys if k in turn), None) if isinstance(turn, dict) else None
+            if role not in roles:
                 return Item(where, reason="unknown_role", raw=row, detail={"field": f"{default_key}[{i}].role"})
-            turn_styles = {_STYLES[k] for k in turn if k in _STYLES}
+            if roles[role] == "tool":
+                return Item(where, reason="tool_turns", raw=row, detail={"field": f"{default_key}[{i}]"})
+            turn_styles = {styles_of[k] for k in turn if k in styles_of}
             if len(turn_styles) > 1 or (styles and turn_styles - styles):
                 return Item(where, reason="mixed_key_style", raw=row,
-                            detail={"field": f"{default_key}[{i}]", "keys": sorted(k for k in turn if k in _STYLES)})
+                            detail={"field": f"{default_key}[{i}]", "keys": sorted(k for k in turn if k in styles_of)})
             styles |= turn_styles
-            content = turn.get("content", turn.get("value"))
-            messages.append({"role": _SHAREGPT_ROLES[role], "content": _content(content, f"{default_key}[{i}].content")})
+            content = next((turn[k] for k in content_keys if k in turn), None)
+            messages.append({"role": roles[role], "content": _content(content, f"{default_key}[{i}].content")})
         if styles:  # one style: a row mixing them was dropped above
             (style,) = styles
             file = where.rsplit(":", 1)[0]  # a folder of shards: each file is checked on its own
@@ -325,7 +346,8 @@ def pairwise(spec: DatasetSpec) -> Iterator[Item]:
         if prompt is None:  # MedicalGPT's reward files carry the prompt as sharegpt conversations
             prompt = _field(row, spec, "conversations", where)
         if isinstance(prompt, str):
-            prompt_msgs = [{"role": "user", "content": prompt.strip()}]
+            extra = _text(_field(row, spec, "input", where, required=False), "input")  # alpaca's query
+            prompt_msgs = [{"role": "user", "content": f"{prompt.strip()}\n{extra}" if extra else prompt.strip()}]
         elif isinstance(prompt, list) and all(isinstance(t, dict) for t in prompt):
             prompt_msgs = [{"role": _SHAREGPT_ROLES.get(t.get("role", t.get("from")), "user"),
                             "content": _content(t.get("content", t.get("value")), f"prompt[{i}].content")}
@@ -348,6 +370,8 @@ def _answer_turn(value: Any, column: str) -> str:
     """A preference answer: a string, or TRL's conversational form (a list with one assistant message)."""
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and "content" in value[0]:
         return _content(value[0]["content"], f"{column}[0].content")
+    if isinstance(value, dict) and ("content" in value or "value" in value):  # LLaMA-Factory sharegpt ranking
+        return _content(value.get("content", value.get("value")), f"{column}.value")
     return _text(value, column)
 
 

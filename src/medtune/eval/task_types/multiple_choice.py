@@ -178,6 +178,8 @@ def details(task: TaskData, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def section(summary: dict[str, Any], charts: dict[str, str]) -> list[Block]:
+    if not any(task["type"] == "multiple_choice" for task in summary["tasks"].values()):
+        return []  # a run without multiple-choice tasks (retrieval only, say) gets no empty section
     b: list[Block] = [("h", 2, "Multiple-choice details"),
                       ("p", "Parse failures: generated answers the strict extractor could not read (B超, CT and "
                             "other letters inside words never count). The letter histograms expose position bias: "
