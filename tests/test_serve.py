@@ -27,7 +27,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str):
+def start_server(model: str, *extra: str):
     import uvicorn
 
     from medtune.infer.api import create_app
@@ -37,7 +37,7 @@ def start_server(model: str):
     cfg = load_config(CFG, [f"model.name_or_path={model}", "generation.do_sample=false",
                             "generation.max_new_tokens=32", "generation.repetition_penalty=1.0",
                             "serve.api_key_env=MEDTUNE_TEST_KEY", "serve.max_tokens_cap=1000",
-                            "serve.max_request_bytes=20000", "serve.max_wait_ms=50"])
+                            "serve.max_request_bytes=20000", "serve.max_wait_ms=50", *extra])
     engine = ChatEngine(cfg.model, cfg.generation, max_batch_size=8, max_wait_ms=50)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(engine, cfg.serve), host="127.0.0.1", port=port, log_level="warning"))
@@ -51,9 +51,9 @@ def start_server(model: str):
 
 
 @contextmanager
-def serving(model: str):
-    """`medtune serve`'s app for `model` on 127.0.0.1 for the length of the block."""
-    srv, thread, handle = start_server(model)
+def serving(model: str, *extra: str):
+    """`medtune serve`'s app for `model` (+ config overrides) on 127.0.0.1 for the length of the block."""
+    srv, thread, handle = start_server(model, *extra)
     try:
         yield handle
     finally:

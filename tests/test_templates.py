@@ -27,6 +27,12 @@ EXPECTED = {
     "medical": "以下是病人和医生之间的对话。医生根据病人的描述，给出专业、准确、易懂的回答。\n"
                "病人：我最近总是头痛，怎么办？\n医生：建议先测量血压，注意休息。</s>\n"
                "病人：血压有点高，需要吃药吗？\n医生：请到心内科就诊，遵医嘱用药。</s>\n",
+    # reasoning templates without reasoning: the empty thinking block, as enable_thinking=false serves
+    "qwen3": "<|im_start|>user\n我最近总是头痛，怎么办？<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+             "建议先测量血压，注意休息。<|im_end|>\n<|im_start|>user\n血压有点高，需要吃药吗？<|im_end|>\n"
+             "<|im_start|>assistant\n<think>\n\n</think>\n\n请到心内科就诊，遵医嘱用药。<|im_end|>\n",
+    "deepseek_r1": "<s><｜User｜>我最近总是头痛，怎么办？<｜Assistant｜><think>\n\n</think>\n\n建议先测量血压，注意休息。</s>"
+                   "<｜User｜>血压有点高，需要吃药吗？<｜Assistant｜><think>\n\n</think>\n\n请到心内科就诊，遵医嘱用药。</s>",
 }
 
 # What carries loss: each answer plus the end-of-turn string, nothing of the prompts.
@@ -37,6 +43,9 @@ SUPERVISED = {
     "vicuna": [" 建议先测量血压，注意休息。</s>", " 请到心内科就诊，遵医嘱用药。</s>"],
     "chatglm": ["建议先测量血压，注意休息。</s>", "请到心内科就诊，遵医嘱用药。</s>"],
     "medical": ["建议先测量血压，注意休息。</s>", "请到心内科就诊，遵医嘱用药。</s>"],
+    "qwen3": ["<think>\n\n</think>\n\n建议先测量血压，注意休息。<|im_end|>", "<think>\n\n</think>\n\n请到心内科就诊，遵医嘱用药。<|im_end|>"],
+    # the generation prompt opens the block: the model learns to close it
+    "deepseek_r1": ["\n</think>\n\n建议先测量血压，注意休息。</s>", "\n</think>\n\n请到心内科就诊，遵医嘱用药。</s>"],
 }
 
 
@@ -112,7 +121,7 @@ def test_serving_prompt_is_training_prefix(tiny_tokenizer):
 
 def test_hf_apply_chat_template_matches(tiny_tokenizer):
     """Embedded as tokenizer.chat_template, the file renders identically through transformers."""
-    for name in ("chatml", "gemma", "llama2", "medical"):
+    for name in ("chatml", "gemma", "llama2", "medical", "qwen3", "deepseek_r1"):
         template = load_template(name)
         tiny_tokenizer.chat_template = template.source
         hf = tiny_tokenizer.apply_chat_template(DIALOGUE, tokenize=False)

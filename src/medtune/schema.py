@@ -75,6 +75,10 @@ class DataConfig:
     max_length: int = 512
     # Which assistant turns carry loss: "all" or "last".
     mask: str = "all"
+    # Assistant reasoning (reasoning_content, or <think>…</think> in the source) with a thinking template
+    # (qwen3, deepseek_r1): keep (rendered and learned) | drop (removed; the empty block is rendered) |
+    # mask (rendered, no loss: the model learns answers that follow reasoning, not the reasoning).
+    thinking: str = "keep"
     # Sampling ratios per dataset for the training mixture, e.g. {general_chat: 1, cmedqa2: 3};
     # empty: every row of every dataset once. mix_size: rows in the mixture (default: no reuse).
     mix: dict[str, float] = field(default_factory=dict)
@@ -170,6 +174,9 @@ class GenerationConfig:
     repetition_penalty: float = 1.1
     num_beams: int = 1
     seed: int = 42
+    # Reasoning templates (qwen3, deepseek_r1): false closes the thinking block in the prompt, so the model
+    # answers without reasoning; null leaves it to the template (think). A request may override it.
+    enable_thinking: bool | None = None
 
 
 @dataclass
@@ -348,6 +355,9 @@ class ServeConfig:
     max_wait_ms: float = 10.0  # how long the batcher waits to fill a batch
     # Backpressure: with this many requests queued or running, new ones get 429 + Retry-After (null: no limit).
     max_queue: int | None = None
+    # Reasoning templates: return the thinking as `reasoning_content` beside `content` (separate, as
+    # OpenAI-compatible reasoning servers do) or leave it in the text (inline).
+    reasoning: Literal["separate", "inline"] = "separate"
     disclaimer: DisclaimerConfig = field(default_factory=DisclaimerConfig)
 
 

@@ -22,9 +22,30 @@ def special_tokens(tokenizer: Any) -> dict[str, str]:
     return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
 
 
+def label_policy(mask: str, thinking: str = "keep") -> str:
+    """data.mask and data.thinking as the one policy string the encoders and the cache key carry:
+    "all", "last", "all+thinking-mask", "last+thinking-drop"."""
+    if thinking not in THINKING:
+        from medtune.errors import ConfigError
+
+        raise ConfigError(f"data.thinking must be one of {', '.join(THINKING)}; got {thinking!r}.")
+    return mask if thinking == "keep" else f"{mask}+thinking-{thinking}"
+
+
+THINKING = ("keep", "drop", "mask")
+
+
 def assistant_spans(template: ChatTemplate, messages: list[dict[str, str]], specials: dict[str, str],
                     mask: str = "all") -> tuple[str, list[tuple[int, int]]]:
-    """Render `messages`; return the text and the [start, end) character spans that carry loss."""
+    """Render `messages`; return the text and the [start, end) character spans that carry loss.
+
+    `mask` is a `label_policy`: which assistant turns (all / last) and what happens to their reasoning
+    (`reasoning_content`, rendered by a thinking template): kept and learned, dropped from the text
+    (the template's empty thinking block is rendered, as at serving with enable_thinking=false), or kept
+    in the text without loss (the span starts after the template's thinking-close string)."""
+    mask, _, thinking = mask.partition("+thinking-")
+    if thinking == "drop":
+        messages = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
     text = template.render(messages, specials)
     stop = template.stop_string(specials)
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -43,7 +64,10 @@ def assistant_spans(template: ChatTemplate, messages: list[dict[str, str]], spec
             )
         end = upto.rfind(stop)
         end = end + len(stop) if end >= len(prompt) else len(upto)
-        spans.append((len(prompt), end))
+        start = len(prompt)
+        if thinking == "mask" and template.thinking and (close := upto.find(template.thinking[1], start, end)) >= 0:
+            start = close + len(template.thinking[1])  # the reasoning is context, the answer is learned
+        spans.append((start, end))
     return text, spans
 
 
@@ -61,9 +85,10 @@ def encode_messages(tokenizer: Any, template: ChatTemplate, messages: list[dict[
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-def prompt_ids(tokenizer: Any, template: ChatTemplate, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids a server feeds the model to answer `messages` (the same tokenisation as training)."""
-    text = template.render(messages, special_tokens(tokenizer), add_generation_prompt=True)
+def prompt_ids(tokenizer: Any, template: ChatTemplate, messages: list[dict[str, str]], **variables: Any) -> list[int]:
+    """Token ids a server feeds the model to answer `messages` (the same tokenisation as training);
+    `variables` are the template's switches (enable_thinking)."""
+    text = template.render(messages, special_tokens(tokenizer), add_generation_prompt=True, **variables)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -162,10 +162,13 @@ def alpaca(spec: DatasetSpec) -> Iterator[Item]:
         for i, (q, a) in enumerate(history):
             messages += [{"role": "user", "content": _text(q, f"history[{i}][0]")},
                          {"role": "assistant", "content": _text(a, f"history[{i}][1]")}]
+        reasoning = _text(_field(row, spec, "reasoning", where, required=False), "reasoning")
         items = []
         for output in outputs:
             item = _qa(f"{instruction}\n{extra}" if extra else instruction, output, where, row)
             if item.example:
+                if reasoning:  # e.g. medical-o1-reasoning-SFT: columns {output: Response, reasoning: Complex_CoT}
+                    item.example["messages"][-1]["reasoning_content"] = reasoning
                 item.example["messages"] = messages + item.example["messages"]
                 item = _check_turns(item)
             items.append(item)
@@ -235,6 +238,8 @@ def _message_lists(spec: DatasetSpec, default_key: str) -> Iterator[Item]:
             styles |= turn_styles
             content = next((turn[k] for k in content_keys if k in turn), None)
             messages.append({"role": roles[role], "content": _content(content, f"{default_key}[{i}].content")})
+            if roles[role] == "assistant" and (r := turn.get("reasoning_content", turn.get("reasoning"))) is not None:
+                messages[-1]["reasoning_content"] = _text(r, f"{default_key}[{i}].reasoning_content")
         if styles:  # one style: a row mixing them was dropped above
             (style,) = styles
             file = where.rsplit(":", 1)[0]  # a folder of shards: each file is checked on its own
@@ -259,9 +264,21 @@ def _content(value: Any, column: str) -> str:
     return _text(value, column)
 
 
+THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
+
+
+def _split_thinking(messages: list[dict[str, str]]) -> None:
+    """An assistant answer that starts with <think>…</think> (R1-style distillation data) keeps the
+    reasoning as `reasoning_content`, what thinking templates render and data.thinking acts on."""
+    for m in messages:
+        if m["role"] == "assistant" and "reasoning_content" not in m and (t := THINK.match(m["content"])):
+            m["reasoning_content"], m["content"] = t.group(1).strip(), m["content"][t.end():].strip()
+
+
 def _check_turns(item: Item) -> Item:
     """Keep only conversations a chat template can render: [system] user, assistant, user, ..., assistant."""
     messages = item.example["messages"]
+    _split_thinking(messages)
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if not body or any(m["role"] != ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(body)):
         return Item(item.where, reason="bad_turn_order", raw=item.raw)

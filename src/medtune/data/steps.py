@@ -56,13 +56,15 @@ def texts(row: Row, role: str | None = None) -> list[str]:
 
 
 def map_texts(row: Row, fn: Callable[[str], str]) -> Row:
-    """A copy of `row` with `fn` applied to every text."""
+    """A copy of `row` with `fn` applied to every text (an assistant's reasoning too: redaction covers it)."""
     if "text" in row:
         return {**row, "text": fn(row["text"])}
     out = dict(row)
     for key in ("messages", "prompt", "chosen", "rejected"):
         if key in row:
-            out[key] = [{**m, "content": fn(m["content"])} for m in row[key]]
+            out[key] = [{**m, "content": fn(m["content"]),
+                         **({"reasoning_content": fn(m["reasoning_content"])} if "reasoning_content" in m else {})}
+                        for m in row[key]]
     return out
 
 

@@ -40,6 +40,8 @@ class ChatTemplate:
     source: str  # the whole .jinja file, front-matter included (it renders to nothing)
     description: str
     end_of_turn: str  # a literal string, or "eos_token"
+    # Reasoning templates: the strings that open and close an assistant turn's thinking block.
+    thinking: tuple[str, str] | None = None
 
     def stop_string(self, special_tokens: dict[str, str]) -> str:
         """The literal string that ends an assistant turn for this tokenizer."""
@@ -47,10 +49,11 @@ class ChatTemplate:
             else self.end_of_turn
 
     def render(self, messages: list[dict[str, str]], special_tokens: dict[str, str],
-               add_generation_prompt: bool = False) -> str:
+               add_generation_prompt: bool = False, **variables: Any) -> str:
+        """`variables`: the template's own switches, such as enable_thinking (transformers passes them the same way)."""
         try:
             return _compile(self.source).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                **special_tokens)
+                                                **special_tokens, **variables)
         except JinjaTemplateError as e:
             raise TemplateError(f"Template {self.name!r} cannot render these messages: {e}") from None
 
@@ -72,10 +75,17 @@ def load_template(name: str) -> ChatTemplate:
     source = path.read_text(encoding="utf-8")
     meta: dict[str, Any] = {}
     if source.startswith("{#-"):
-        meta = yaml.safe_load(source[3: source.index("-#}")]) or {}
+        try:
+            meta = yaml.safe_load(source[3: source.index("-#}")]) or {}
+        except (yaml.YAMLError, ValueError) as e:
+            raise ConfigError(f"{path}: the front-matter comment is not valid YAML ({e}).") from None
     if "end_of_turn" not in meta:
         raise ConfigError(f"{path}: the front-matter comment must set end_of_turn (a string or eos_token).")
-    return ChatTemplate(path.stem, source, meta.get("description", ""), meta["end_of_turn"])
+    thinking = meta.get("thinking")
+    if thinking is not None and not (isinstance(thinking, list) and len(thinking) == 2 and all(map(str, thinking))):
+        raise ConfigError(f"{path}: `thinking` must be [open, close], the strings around an assistant turn's reasoning.")
+    return ChatTemplate(path.stem, source, meta.get("description", ""), meta["end_of_turn"],
+                        tuple(thinking) if thinking else None)
 
 
 @lru_cache(maxsize=32)

@@ -43,7 +43,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "model": (str,), "messages": (list,), "stream": (bool,), "max_tokens": (int,),
     "max_completion_tokens": (int,), "temperature": (int, float), "top_p": (int, float), "top_k": (int,),
     "repetition_penalty": (int, float), "seed": (int,), "user": (str,), "stream_options": (dict,),
-    "stop": (str, list), "n": (int,),
+    "stop": (str, list), "n": (int,), "enable_thinking": (bool,), "chat_template_kwargs": (dict,),
 }
 MAX_STOP = 4
 
@@ -150,7 +150,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
             return response
         messages = req["messages"]
         notice = red_flag_notice(messages, cfg)
-        gen = {k: req.get(k) for k in ("temperature", "top_p", "top_k", "repetition_penalty", "seed")}
+        gen = {k: req.get(k) for k in ("temperature", "top_p", "top_k", "repetition_penalty", "seed", "enable_thinking")}
         if req.get("temperature") is not None:
             gen["do_sample"] = req["temperature"] > 0
             if req["temperature"] == 0:
@@ -175,6 +175,8 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
             return {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
 
         stopper = StopText(req["stop"])
+        thinking = req["enable_thinking"] if req["enable_thinking"] is not None else engine.gen_cfg.enable_thinking
+        thinker = engine.thinking(thinking) if cfg.reasoning == "separate" else None
 
         async def answer_pieces():
             """The model's deltas, cut at the first stop string (which cancels the generation)."""
@@ -204,7 +206,10 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
                     if notice:
                         yield chunk({"content": notice + "\n\n"})
                     async for piece in answer_pieces():
-                        yield chunk({"content": piece})
+                        for field, text in thinker.feed(piece) if thinker else [("content", piece)]:
+                            yield chunk({field: text})
+                    for field, text in thinker.flush() if thinker else []:
+                        yield chunk({field: text})
                     if failed():  # a generation error is an error event, never a normal stop
                         yield "data: " + json.dumps(failure().body_dict(), ensure_ascii=False) + "\n\n"
                         yield "data: [DONE]\n\n"
@@ -243,12 +248,18 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
         if failed():
             raise failure()
         text = engine.clean("".join(parts))
+        reasoning = None
+        if thinker:
+            parts_split = thinker.feed(text) + thinker.flush()
+            reasoning = "".join(t for f, t in parts_split if f == "reasoning_content").strip()
+            text = "".join(t for f, t in parts_split if f == "content").strip()
         if notice:
             text = notice + "\n\n" + text
         if cfg.disclaimer.enabled:
             text += "\n\n" + cfg.disclaimer.text
         return {"id": rid, "object": "chat.completion", "created": created, "model": model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text,
+                                                     **({"reasoning_content": reasoning} if thinker else {}),
                                                      **({"citations": req["citations"]} if engine.grounder else {})},
                              "finish_reason": finish()}], "usage": usage()}
 
@@ -302,9 +313,18 @@ def parse_request(body: bytes, cfg: ServeConfig, engine: EngineBase) -> dict[str
         raise ApiError(400, f"max_tokens={max_tokens} is outside 1..{cfg.max_tokens_cap} (serve.max_tokens_cap).",
                        param="max_tokens")
     req["max_tokens"] = max_tokens
+    thinking = req.get("enable_thinking", (req.get("chat_template_kwargs") or {}).get("enable_thinking"))
+    if thinking is not None and not isinstance(thinking, bool):
+        raise ApiError(422, "'chat_template_kwargs.enable_thinking' must be true or false.", param="chat_template_kwargs")
+    if unknown := sorted(set(req.get("chat_template_kwargs") or {}) - {"enable_thinking"}):
+        raise ApiError(400, f"chat_template_kwargs.{unknown[0]} is not supported (only enable_thinking).",
+                       param="chat_template_kwargs")
+    req["enable_thinking"] = thinking
     grounded = engine.ground(req["messages"], max_tokens)  # kb.index: passages into the last user turn
     req["messages"], req["citations"] = grounded.messages, grounded.citations
-    prompt = req["prompt_tokens"] = len(engine.prompt_ids(req["messages"]))
+    thinking = thinking if thinking is not None else engine.gen_cfg.enable_thinking
+    variables = {} if thinking is None else {"enable_thinking": thinking}
+    prompt = req["prompt_tokens"] = len(engine.prompt_ids(req["messages"], **variables))
     if engine.context_length and prompt + max_tokens > engine.context_length:
         raise ApiError(400, f"The prompt has {prompt} tokens; with max_tokens={max_tokens} it exceeds the model's "
                             f"context length of {engine.context_length}. Shorten the conversation.",

@@ -57,8 +57,20 @@ class EngineBase:
         fits = (lambda m: len(self.prompt_ids(m)) + room <= limit) if limit else None
         return self.grounder.ground(messages, fits)
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        return prompt_ids(self.tokenizer, self.template, messages)
+    def prompt_ids(self, messages: list[dict[str, str]], **variables: Any) -> list[int]:
+        return prompt_ids(self.tokenizer, self.template, messages, **variables)
+
+    def thinking(self, enable_thinking: bool | None = None) -> Any:
+        """A ThinkSplit for this template's reasoning block (None when the template has none)."""
+        if not getattr(self.template, "thinking", None):
+            return None
+        from medtune.infer.thinking import ThinkSplit
+
+        variables = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        prompt = self.template.render([{"role": "user", "content": "?"}], special_tokens(self.tokenizer),
+                                      add_generation_prompt=True, **variables)
+        opened = self.template.thinking[0]
+        return ThinkSplit(*self.template.thinking, inside=prompt.endswith(opened) or prompt.endswith(opened.strip()))
 
     def sampling(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Generation settings of one request: the config's, overridden by the request's (checked:
@@ -139,7 +151,8 @@ class ChatEngine(EngineBase):
         g = self.sampling(overrides)
         params = {k: g[k] for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
                                     "num_beams", "min_new_tokens")}
-        request = Request(ids=self.prompt_ids(messages), params=params, max_new_tokens=g["max_new_tokens"],
+        variables = {} if g.get("enable_thinking") is None else {"enable_thinking": g["enable_thinking"]}
+        request = Request(ids=self.prompt_ids(messages, **variables), params=params, max_new_tokens=g["max_new_tokens"],
                           emit=emit, seed=g["seed"])
         return self.batcher.submit(request)
 

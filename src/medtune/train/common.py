@@ -157,6 +157,7 @@ class Encoded:
 def encoded(r: Run, tokenizer: Any, template: ChatTemplate, data: DataConfig) -> Encoded:
     """The one data boundary of sft: prepared files → cached, memory-mapped token ids (built once, by the
     main process; other ranks and later runs load it) → train / eval views (split, mixture, packing)."""
+    from medtune.data.encode import label_policy
     from medtune.data.packing import pack_bins
     from medtune.data.tokenized import cache_root, default_workers
     from medtune.data.tokenized import encoded as encode_files
@@ -166,9 +167,10 @@ def encoded(r: Run, tokenizer: Any, template: ChatTemplate, data: DataConfig) ->
     workers = data.num_workers or default_workers()
     train_files, dev_files = r.files("train"), r.files("dev")
     with r.main_first("tokenise"):
-        train_all = encode_files(train_files, tokenizer, template, data.max_length, data.mask, root, workers) \
+        policy = label_policy(data.mask, data.thinking)
+        train_all = encode_files(train_files, tokenizer, template, data.max_length, policy, root, workers) \
             if train_files else None
-        dev = encode_files(dev_files, tokenizer, template, data.max_length, data.mask, root, workers) \
+        dev = encode_files(dev_files, tokenizer, template, data.max_length, policy, root, workers) \
             if dev_files else None
     if train_all is None:
         return Encoded(None, None, 0, {"train": 0, "eval": 0}, {"train": 0, "eval": 0})
