@@ -29,6 +29,8 @@ VERBS = {
     "compare": "base-vs-tuned report: eval loss and side-by-side answers to held-out questions",
     "eval": "benchmark tasks x models: accuracy (log-likelihood and strict generation), open-QA metrics, safety, "
             "retention, paired bootstrap CIs; results.json + report.md/html",
+    "merge": "merge LoRA adapters (linear / TIES / DARE, peft) and toward the base: sweep the scale, evaluate, "
+             "keep the best by merge.medical vs merge.retention, export it",
     "kb": "build a knowledge base from local documents (BM25 / dense / hybrid, incremental); kb.qa: grounded "
           "SFT data; --query: search it",
     "validate": "check a config, its datasets, template, stage and method without running anything",
@@ -109,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _verbs() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"prepare": _prepare, "train": _train, "chat": _chat, "compare": _compare, "eval": _eval, "synth": _synth, "export": _export,
-            "serve": _serve, "webui": _webui, "validate": _validate, "kb": _kb}
+            "serve": _serve, "webui": _webui, "validate": _validate, "kb": _kb, "merge": _merge}
 
 
 def _config(args: argparse.Namespace):
@@ -216,6 +218,19 @@ def _export(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _threads()
     print(f"exported: {run(cfg)}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from medtune.merge import run
+
+    cfg = _config(args)
+    _threads()
+    out = run(cfg)
+    sweep = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    for c in sweep["candidates"]:
+        print(f"  {c['name']:<12} scale {c['scale']:<5g} " + "  ".join(f"{t} {v:.4f}" for t, v in c["scores"].items()))
+    print(f"chose {sweep['chosen']}: {sweep['why']}; exported: {sweep['exported']}; report: {sweep['report']}")
     return 0
 
 

@@ -40,6 +40,7 @@ from medtune.schema import (  # noqa: F401
     JudgeConfig,
     KbConfig,
     LoraConfig,
+    MergeConfig,
     ModelConfig,
     PrefixConfig,
     RetentionConfig,
@@ -132,9 +133,10 @@ PATH_KEYS = {
     "export.output_dir", "export.adapters", "train.output_dir", "train.resume_from_checkpoint",
     "train.logging_dir", "train.deepspeed", "kb.documents", "kb.index", "kb.embedding_model", "kb.template",
     "kb.qa.input", "kb.qa.output", "kb.qa.absent", "eval.models.kb",
+    "merge.adapters", "merge.output_dir", "merge.tasks",
 }
 # Values that may name a built-in thing instead of a file: kept unless they exist as a file or look like one.
-_NAMED = {"model.name_or_path", "eval.tasks", "finetune.retention.task", "train.deepspeed", "kb.template"}
+_NAMED = {"model.name_or_path", "eval.tasks", "finetune.retention.task", "train.deepspeed", "kb.template", "merge.tasks"}
 
 
 def resolve_paths(raw: Any, base: Path, prefix: str = "") -> Any:

@@ -362,6 +362,23 @@ class ServeConfig:
 
 
 @dataclass
+class MergeConfig:
+    """`medtune merge`: adapters merged (peft) and scaled toward the base, swept, the best kept by a rule."""
+
+    adapters: list[str] = field(default_factory=list)  # LoRA adapters on model.name_or_path; default train.output_dir
+    method: str = "linear"  # linear | cat | ties | dare_linear | dare_ties (+ _svd variants): peft's combination_type
+    weights: list[float] = field(default_factory=list)  # per adapter; default 1 each
+    density: float | None = None  # ties / dare: the share of each update kept
+    sweep: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # 0 = the base, 1 = as trained
+    tasks: list[Any] = field(default_factory=list)  # eval tasks scored for the base and every candidate
+    medical: str = ""  # the task whose headline is maximised ...
+    retention: str = ""  # ... among candidates keeping this task's headline >= base - max_drop
+    max_drop: float = 0.02
+    limit: int | None = None  # items per task (default eval.limit)
+    output_dir: str = "outputs/merge"
+
+
+@dataclass
 class KbQaConfig:
     """Grounded SFT data: each question with the passages serving retrieves for it, in the context template."""
 
@@ -410,6 +427,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     kb: KbConfig = field(default_factory=KbConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
     # Passed through to transformers.TrainingArguments (output_dir, learning_rate, ...).
     train: dict[str, Any] = field(default_factory=dict)
     # Where the config came from (for relative paths); not a user key.
