@@ -54,9 +54,13 @@ def run(cfg: Config) -> Path:
         dump_config(cfg, tmp)
         lineage.write(tmp, record)
         if cfg.export.gguf:
-            from medtune.export_gguf import write_gguf
+            from medtune.export_gguf import quantize, write_gguf, write_modelfile
 
             write_gguf(model, tokenizer, tmp / "model.gguf", cfg.export.gguf_dtype, source_gguf(cfg.model.name_or_path))
+            for kind in cfg.export.gguf_quantize:  # llama.cpp's own quantiser
+                log.info("quantised GGUF: %s", quantize(tmp / "model.gguf", kind))
+            if cfg.export.ollama:
+                write_modelfile(tmp, template, tokenizer, cfg.generation)
         (tmp / "README.md").write_text(model_card(record, metrics, eos), encoding="utf-8")
     log.info("exported %s + %s to %s", model_cfg.name_or_path, model_cfg.adapters, out)
     return out

@@ -136,3 +136,64 @@ def _permute(weights: Any, n_head: int) -> Any:
 def _rope_theta(config: Any) -> float:
     params = getattr(config, "rope_parameters", None) or {}
     return params.get("rope_theta") or getattr(config, "rope_theta", 10000.0)
+
+
+QUANTS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+          "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+
+
+def quantize(source: Path, kind: str, threads: int = 0) -> Path:
+    """`model.gguf` → `model-<kind>.gguf` with llama.cpp's quantiser (through llama-cpp-python's C API).
+    Tensors whose rows do not fit a k-quant block are given llama.cpp's own fallback type."""
+    import ctypes
+
+    if kind not in QUANTS:
+        raise ConfigError(f"export.gguf_quantize: {kind!r} is not one of {', '.join(QUANTS)}.")
+    try:
+        import llama_cpp
+    except ImportError:
+        raise MedtuneError("GGUF quantisation uses llama.cpp's quantiser: install llama-cpp-python (`make llamacpp` "
+                           "builds it from PyPI, ~10 min on 2 cores), or run llama.cpp's llama-quantize on model.gguf.") \
+            from None
+    target = source.with_name(f"{source.stem}-{kind}.gguf")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTS[kind])
+    params.nthread = threads
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
+        raise MedtuneError(f"llama.cpp could not quantise {source} to {kind} (see its log above).")
+    return target
+
+
+# Templates whose Jinja file adds a system prompt when the conversation has none: Ollama does it with SYSTEM.
+DEFAULT_SYSTEM = {"qwen": "You are a helpful assistant."}
+
+
+def write_modelfile(folder: Path, template: Any, tokenizer: Any, generation: Any, gguf_name: str = "model.gguf") -> Path | None:
+    """An Ollama Modelfile beside the GGUF: FROM, the template as Ollama's Go template (a `<name>.ollama`
+    file beside the Jinja one, written to render the same text), the end-of-turn stop and the decoding
+    settings. Templates without a translation get none (said in the log): a wrong TEMPLATE is worse."""
+    import logging
+
+    from medtune.data.encode import special_tokens
+    from medtune.data.templates import TEMPLATE_DIR
+
+    source = TEMPLATE_DIR / f"{template.name}.ollama"
+    if not source.is_file():
+        logging.getLogger(__name__).info("no Ollama translation of template %s: no Modelfile written (write "
+                                         "TEMPLATE by hand)", template.name)
+        return None
+    text = source.read_text(encoding="utf-8").replace("[[eos_token]]", tokenizer.eos_token or "")
+    stop = template.stop_string(special_tokens(tokenizer))
+    lines = [f"# Written by medtune export: ollama create NAME -f {folder.name}/Modelfile", f"FROM ./{gguf_name}",
+             f'TEMPLATE """{text}"""', f'PARAMETER stop "{stop}"']
+    if generation.do_sample:
+        lines += [f"PARAMETER temperature {generation.temperature}", f"PARAMETER top_p {generation.top_p}",
+                  f"PARAMETER top_k {generation.top_k}"]
+    else:
+        lines.append("PARAMETER temperature 0")
+    lines += [f"PARAMETER repeat_penalty {generation.repetition_penalty}", f"PARAMETER num_predict {generation.max_new_tokens}"]
+    if system := DEFAULT_SYSTEM.get(template.name):
+        lines.append(f'SYSTEM """{system}"""')
+    path = folder / "Modelfile"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

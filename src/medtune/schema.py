@@ -325,7 +325,12 @@ class ExportConfig:
     dtype: str = "float32"  # dtype of the saved weights (float32, bfloat16, float16)
     # Also write <output_dir>/model.gguf (llama, qwen2; gemma3 from a gguf: base) for llama.cpp / Ollama.
     gguf: bool = False
-    gguf_dtype: str = "f16"  # f16 or f32; quantise further with llama.cpp's llama-quantize
+    gguf_dtype: str = "f16"  # f16 or f32
+    # Also write model-<type>.gguf for each listed llama.cpp quantisation (q8_0, q4_k_m, ...), with
+    # llama.cpp's own quantiser (llama-cpp-python: `make llamacpp` builds it from PyPI).
+    gguf_quantize: list[str] = field(default_factory=list)
+    # Write an Ollama Modelfile next to model.gguf (the template translated to Ollama's Go template).
+    ollama: bool = True
 
 
 @dataclass
