@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean llamacpp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -47,3 +47,9 @@ lint: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) outputs
+
+# Opt-in: llama.cpp itself (llama-cpp-python built from its PyPI sdist: CMake + a C++ compiler, ~10 min on
+# 2 cores), for tests/test_llamacpp.py, export.gguf_quantize and benchmarks/llamacpp_gguf.py.
+llamacpp: $(VENV)/.dev
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF" \
+	  $(PIP) install -q "$(TORCH)" "llama-cpp-python>=0.3"
