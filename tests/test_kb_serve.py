@@ -162,22 +162,19 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_web_page_shows_the_sources(grounded):
     pytest.importorskip("gradio")
     playwright = pytest.importorskip("playwright.sync_api")
+    from test_webui import CHROMIUM_ARGS, page_on
+
     from medtune.infer.engine import make_engine
     from medtune.infer.web import build
 
     engine = make_engine(grounded["cfg"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     demo = build(engine, grounded["cfg"])
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = page_on(demo)
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+            page.goto(url, wait_until="load")
             box = page.get_by_role("textbox").first
             box.wait_for(timeout=30_000)
             box.fill("流感疫苗每年都要打吗？")

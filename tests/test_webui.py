@@ -11,6 +11,17 @@ from medtune.config import load_config
 gr = pytest.importorskip("gradio")
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def page_on(demo):
+    """Launch a built page on a free local port; its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return f"http://127.0.0.1:{port}/"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -23,18 +34,13 @@ def test_chat_page_streams_an_answer(trained):
         f"model.name_or_path={trained}", "generation.max_new_tokens=24", "generation.do_sample=false",
         "generation.repetition_penalty=1.0", "serve.disclaimer.enabled=true", "chat.system=null"])
     engine = ChatEngine(cfg.model, cfg.generation)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     demo = build(engine, cfg)
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = page_on(demo)
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 800})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+            page.goto(url, wait_until="load")
             page.get_by_role("textbox").first.wait_for(timeout=30_000)
             assert "medtune 医疗问答" in page.content()
             box = page.get_by_role("textbox").first
