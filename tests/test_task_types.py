@@ -86,6 +86,6 @@ def test_an_unknown_type_names_the_registered_ones(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"model": {"name_or_path": "tiny:llama"}, "eval": {
         "tasks": [{"name": "x", "type": "open_q", "data": str(data)}], "output_dir": str(tmp_path / "o")}}))
     assert main(["eval", str(cfg)]) == 2
-    assert "task 'x': type 'open_q' is not one of multiple_choice, open_qa, ranking, refusal, rubric." \
+    assert "task 'x': type 'open_q' is not one of grounded_qa, multiple_choice, open_qa, ranking, refusal, retrieval, rubric." \
         in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
