@@ -62,7 +62,7 @@ def _check(cfg: Config, adapters: list[str]) -> None:
         raise ConfigError(f"merge.weights has {len(m.weights)} values for {len(adapters)} adapter(s).")
     if not m.sweep or any(not 0 <= s <= 2 for s in m.sweep):
         raise ConfigError("merge.sweep lists the scales toward the base to try, each in [0, 2] (0 = base, 1 = as trained).")
-    if m.method != "linear" and m.method != "cat" and not 0 < (m.density or 0) <= 1:
+    if m.method not in ("linear", "cat") and not 0 < (m.density or 0) <= 1:
         raise ConfigError(f"merge.density (the share of each update kept) must be in (0, 1] for {m.method}.")
     if not m.tasks or m.medical not in m.tasks or m.retention not in m.tasks:
         raise ConfigError("merge.tasks must list the tasks scored, including merge.medical and merge.retention.")

@@ -250,9 +250,7 @@ def create_app(engine: EngineBase, cfg: ServeConfig) -> FastAPI:
         text = engine.clean("".join(parts))
         reasoning = None
         if thinker:
-            parts_split = thinker.feed(text) + thinker.flush()
-            reasoning = "".join(t for f, t in parts_split if f == "reasoning_content").strip()
-            text = "".join(t for f, t in parts_split if f == "content").strip()
+            reasoning, text = thinker.whole(text)
         if notice:
             text = notice + "\n\n" + text
         if cfg.disclaimer.enabled:

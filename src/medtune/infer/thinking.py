@@ -56,6 +56,12 @@ class ThinkSplit:
             self.buffer = ""
             return out
 
+    def whole(self, text: str) -> tuple[str, str]:
+        """(reasoning, reply) of a whole answer fed at once."""
+        parts = self.feed(text) + self.flush()
+        return tuple("".join(t for f, t in parts if f == field).strip()  # type: ignore[return-value]
+                     for field in ("reasoning_content", "content"))
+
     def flush(self) -> list[tuple[str, str]]:
         text, self.buffer = self.buffer, ""
         if self.state == "thinking":
@@ -65,7 +71,4 @@ class ThinkSplit:
 
 def split(text: str, open_tag: str, close_tag: str, inside: bool) -> tuple[str, str]:
     """(reasoning, reply) of a whole answer."""
-    s = ThinkSplit(open_tag, close_tag, inside)
-    parts = s.feed(text) + s.flush()
-    reasoning = "".join(t for f, t in parts if f == "reasoning_content").strip()
-    return reasoning, "".join(t for f, t in parts if f == "content").strip()
+    return ThinkSplit(open_tag, close_tag, inside).whole(text)

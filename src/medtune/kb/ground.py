@@ -69,9 +69,8 @@ class Grounder:
         return render(self.template, question, hits)
 
 
-def render(tmpl: Any, question: str, hits: list[Hit] | list[dict[str, Any]]) -> str:
-    passages = [{"n": n, "title": (h.chunk if isinstance(h, Hit) else h)["title"],
-                 "text": (h.chunk if isinstance(h, Hit) else h)["text"]} for n, h in enumerate(hits, 1)]
+def render(tmpl: Any, question: str, hits: list[Hit]) -> str:
+    passages = [{"n": n, "title": h.chunk["title"], "text": h.chunk["text"]} for n, h in enumerate(hits, 1)]
     return tmpl.render(question=question, passages=passages).strip()
 
 
