@@ -48,8 +48,12 @@ lint: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) outputs
 
-# Opt-in: llama.cpp itself (llama-cpp-python built from its PyPI sdist: CMake + a C++ compiler, ~10 min on
+# Opt-in: llama.cpp itself (llama-cpp-python built from its PyPI sdist: CMake + a C++ compiler, 7.7 min on
 # 2 cores), for tests/test_llamacpp.py, export.gguf_quantize and benchmarks/llamacpp_gguf.py.
+# x86-64: AVX2/FMA/F16C kernels instead of -march=native, which on CPUs with AMX (Sapphire Rapids and later)
+# also builds llama.cpp's AMX weight repacking; where the OS has not granted the process AMX tile state (the
+# project machine's VM) decoding a q8_0/q4_k file then crashes with a segmentation fault.
+LLAMACPP_CPU = $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,-DGGML_NATIVE=ON)
 llamacpp: $(VENV)/.dev
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF" \
-	  $(PIP) install -q "$(TORCH)" "llama-cpp-python>=0.3"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMACPP_CPU) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF" \
+	  $(PIP) install -q --no-cache-dir "$(TORCH)" "llama-cpp-python==0.3.36"

@@ -27,7 +27,7 @@ def exported(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"lcpp_{request.param.split(':')[1]}")
     common = [f"train.output_dir={d / 'run'}", f"model.name_or_path={request.param}"]
     if request.param.startswith("gguf:"):
-        common += ["model.template=gemma", "data.max_length=64", "finetune.loss_chunk_size=1024"]
+        common += ["model.template=gemma", "data.max_length=128", "finetune.loss_chunk_size=1024"]
     assert main(["train", LORA, *common, *FAST]) == 0
     assert main(["export", LORA, *common, f"export.output_dir={d / 'export'}", "export.gguf=true",
                  "export.gguf_dtype=f32", "export.gguf_quantize=[q8_0, q4_k_m]"]) == 0
