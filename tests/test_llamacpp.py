@@ -71,19 +71,33 @@ def test_embedded_template_renders_the_training_prompt(exported):
     assert rendered == tok.apply_chat_template(DIALOGUE[:3], tokenize=False, add_generation_prompt=True)
 
 
-def test_quantised_files_are_smaller_and_load(exported):
+def _score(llm, ids):
+    """(mean negative log-likelihood of ids[1:], the centred logits at every position), as llama.cpp computes them."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    return float(-logp[np.arange(len(ids) - 1), ids[1:]].mean()), logits - logits.mean(-1, keepdims=True)
+
+
+def test_quantised_files_are_smaller_and_score_text_almost_alike(exported):
+    # Quality by the text's likelihood and the logits' direction, not by top-1 agreement: a real model has
+    # near-ties that any rounding flips (Gemma-3-270M q8_0 agreed on 87.5% of argmaxes). The cosine catches a
+    # file that loads but computes something else, which a near-uniform tiny model's likelihood would not.
     import numpy as np
 
     full = exported / "model.gguf"
-    text = "我最近总是头痛，怎么办？建议先测量血压，注意休息。"
+    text = "我最近总是头痛，怎么办？建议先测量血压，注意休息，如果持续不缓解请及时到神经内科就诊。"
     reference = load(full, logits_all=True)
-    ids = reference.tokenize(text.encode(), add_bos=False)
-    reference.eval(ids)
-    top = np.asarray(reference.scores[: len(ids)]).argmax(-1)
-    for kind in ("q8_0", "q4_k_m"):
+    ids = [reference.token_bos(), *reference.tokenize(text.encode(), add_bos=False)]
+    base, ref = _score(reference, ids)
+    for kind, tolerance, cosine in (("q8_0", 0.02, 0.99), ("q4_k_m", 0.25, 0.9)):
         q = exported / f"model-{kind}.gguf"
         assert q.stat().st_size < full.stat().st_size
-        llm = load(q, logits_all=True)
-        llm.eval(ids)
-        agree = float((np.asarray(llm.scores[: len(ids)]).argmax(-1) == top).mean())
-        assert agree > (0.9 if kind == "q8_0" else 0.3), (kind, agree)
+        nll, logits = _score(load(q, logits_all=True), ids)
+        assert abs(nll - base) <= tolerance * base, (kind, base, nll)
+        cos = (logits * ref).sum(-1) / np.linalg.norm(logits, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert cos.min() >= cosine, (kind, cos.min())
