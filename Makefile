@@ -48,8 +48,8 @@ lint: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) outputs
 
-# Opt-in: llama.cpp itself (llama-cpp-python built from its PyPI sdist: CMake + a C++ compiler, 7.7 min on
-# 2 cores), for tests/test_llamacpp.py, export.gguf_quantize and benchmarks/llamacpp_gguf.py.
+# Opt-in: llama.cpp itself (llama-cpp-python built from its PyPI sdist: CMake + a C++ compiler, ~8 min on
+# 2 idle cores), for tests/test_llamacpp.py, export.gguf_quantize and benchmarks/llamacpp_gguf.py.
 # x86-64: AVX2/FMA/F16C kernels instead of -march=native, which on CPUs with AMX (Sapphire Rapids and later)
 # also builds llama.cpp's AMX weight repacking; where the OS has not granted the process AMX tile state (the
 # project machine's VM) decoding a q8_0/q4_k file then crashes with a segmentation fault.
