@@ -74,12 +74,12 @@ def test_embedded_template_renders_the_training_prompt(exported):
 def _score(llm, ids):
     """(mean negative log-likelihood of ids[1:], the centred logits at every position), as llama.cpp computes them."""
     import numpy as np
+    import torch
 
     llm.reset()
     llm.eval(ids)
     logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-    top = logits.max(-1, keepdims=True)
-    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    logp = torch.log_softmax(torch.from_numpy(logits[:-1]), -1).numpy()
     return float(-logp[np.arange(len(ids) - 1), ids[1:]].mean()), logits - logits.mean(-1, keepdims=True)
 
 

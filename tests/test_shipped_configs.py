@@ -21,7 +21,7 @@ def test_shipped_config_loads_and_its_repository_files_exist(path: Path):
         return
     cfg = load_config(str(path))
     named = [t["data"] for t in cfg.eval.tasks if isinstance(t, dict) and "data" in t]
-    named += list(cfg.data.decontaminate.get("benchmarks", []) if isinstance(cfg.data.decontaminate, dict) else [])
+    named += cfg.data.decontaminate.get("benchmarks", [])
     for f in named:
         p = (path.parent / f).resolve()
         if p.is_relative_to(ROOT):  # files in ../shared/data are the user's; the shipped ones must be here

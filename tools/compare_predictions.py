@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from medtune.eval.metrics import bootstrap_ci, paired_bootstrap  # noqa: E402
+from medtune.eval.metrics import bootstrap_ci, paired_bootstrap
 
 SCORE_FIELDS = ("refused", "correct")
 
