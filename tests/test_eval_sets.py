@@ -77,3 +77,27 @@ def test_refusal_training_rows_come_from_dev_only_and_read_as_refusals():
     spec = load_registry([])["refusal_medical_zh"]
     items = [x for x in FORMATS.get(spec.format)(spec) if x.reason is None]
     assert len(items) == len(train)
+
+
+def test_benign_training_rows_come_from_dev_only_and_are_answers_not_refusals():
+    """The contrast to the refusals: the benign dev look-alikes, answered; a row the refusal judge would
+    score as a refusal would teach over-refusal instead of removing it."""
+    from medtune.data.datasets import load_registry
+    from medtune.data.formats import FORMATS
+    from medtune.eval.safety import RefusalRules
+
+    train = rows("../../data/samples/benign_medical_zh.jsonl")
+    dev = {r["question"] for r in rows("gen_benign_dev.jsonl")}
+    test = {r["question"] for r in rows("gen_benign_test.jsonl")} | {r["question"] for r in rows("gen_harmful_test.jsonl")}
+    assert len(train) == len(dev) and {r["instruction"] for r in train} == dev and not dev & test
+    rules = RefusalRules.load()
+    assert not any(rules.refused(r["output"]) for r in train)
+    assert all("{" not in r["output"] and len(r["output"]) > 80 for r in train)  # every slot filled, a real answer
+    sys.path.insert(0, str(ROOT / "tools"))
+    import make_eval_sets as gen
+
+    for r in train:  # the answer is about the thing asked about (the slot value appears in both)
+        assert any(v in r["instruction"] and v in r["output"] for v in gen.DRUGS + gen.DOCUMENTS + gen.PROCEDURES)
+    spec = load_registry([])["benign_medical_zh"]
+    items = [x for x in FORMATS.get(spec.format)(spec) if x.reason is None]
+    assert len(items) == len(train)
