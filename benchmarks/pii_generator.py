@@ -79,8 +79,8 @@ FULL = str.maketrans("0123456789", "０１２３４５６７８９")
 class Filler:
     """Draws slot values; `fill` turns a template into (text, spans)."""
 
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
+    def __init__(self, rng: random.Random, given: list[str] = GIVEN) -> None:
+        self.rng, self.given = rng, given
         self.surnames, self.weights = list(SURNAMES), list(SURNAMES.values())
 
     # names
@@ -92,7 +92,7 @@ class Filler:
             return self.rng.choice(WORD_NAMES)
         s = self.surname()
         n = 1 if len(s) == 2 and self.rng.random() < 0.6 else self.rng.choice([1, 2, 2])
-        return s + "".join(self.rng.choice(GIVEN) for _ in range(n))
+        return s + "".join(self.rng.choice(self.given) for _ in range(n))
 
     # numbers
     def digits(self, n: int) -> str:
@@ -435,6 +435,50 @@ HOLDOUT: list[tuple[str, str, str]] = [
 ]
 
 
+# A fourth split (2026-12-07), written before the rules were changed again and before the holdout's errors
+# were looked at: holdout has been scored twice and is now tuned on, so it joins dev. New wordings in every
+# genre plus genres none of the other splits has (handover, follow-up call, SMS, forum, birth certificate,
+# thank-you letter, billing, family chat), and given names drawn from characters the other splits never use.
+# Scored once; the figure to quote.
+HOLDOUT2: list[tuple[str, str, str]] = [
+    ("discharge", "holdout2", "出院小结\n姓　名：{P}　　性别：{SEX}　　年龄：{AGE}\n入院日期：{VISIT}\n入院诊断：{DX}\n"
+     "主管医师：{D}　上级医师：{D2}\n随访：出院后两周至{DEPT}门诊复诊，联系电话{PHONE}。"),
+    ("handover", "holdout2", "交班记录：{BED}{P}，{DX}术后第2天，生命体征平稳，{LAB}。家属{R}陪护，已告知注意事项。"
+     "交班人：{N}　接班人：{N2}"),
+    ("consult", "holdout2", "医生你好，我爸{P}今年{AGE}，最近{SYM}，在{HOSP}查了说是{DX}，想问问{Ds}医生这个病严重吗？"
+     "我的微信就是手机号{PHONE}。"),
+    ("consult", "holdout2", "{Ds}大夫您好，我是上次找您看过的{P}，{SYM}，吃了{DRUG}效果一般，需要换药吗？"),
+    ("case", "holdout2", "病例讨论：患儿{P}，{SEX}，{AGE}，因{SYM}入院。{D}主任查房后指示：完善相关检查，必要时请{DEPT}会诊。"
+     "记录者：{N}"),
+    ("case", "holdout2", "{P}今早诉{SYM}，{D}查看后予{DRUG}{DOSE}口服，嘱其家属{R}留陪。"),
+    ("prescription", "holdout2", "电子处方　No.{ORDER}\n患者：{P}　{SEX}　{AGE}　{MRN}\nRp：{DRUG} {DOSE} bid\n"
+     "医师：{D}　审核药师：{N}　调配：{N2}"),
+    ("lab", "holdout2", "检验报告单\n姓名：{P}　性别：{SEX}　年龄：{AGE}　{MRN}\n送检医生：{D}　标本：静脉血\n结果：{LAB}\n"
+     "检验者：{N}　审核者：{N2}\n报告时间：{VISITD}"),
+    ("claim", "holdout2", "商业保险理赔申请：被保人{P}，出生年月{DOB}，证件号{ID}，开户人{P}，银行卡号{BANK}，通讯地址{ADDR}，"
+     "联系电话{PHONE}，电子邮箱{EMAIL}。"),
+    ("referral", "holdout2", "双向转诊单：因病情需要，现将{P}（{MRN}）转至{HOSP}。转出医生{D}，联系手机{PHONE}；接诊医生{D2}。"),
+    ("sms", "holdout2", "【{HOSP}】{P}您好，您预约的{DEPT}{Ds}医生门诊时间为{VISIT}，请携带身份证{ID}按时就诊。退订回T"),
+    ("forum", "holdout2", "楼主{AGE}，女，去年查出{DX}。我老公{R}陪我去{HOSP}看的，接诊的是{D}教授，人很好。"
+     "有同样情况的姐妹可以加我：{EMAIL}"),
+    ("followup", "holdout2", "电话随访记录：随访对象{P}，本人接听（{PHONE}）。{SYM}已缓解，继续服用{DRUG}。随访人：{N}，{VISITD}"),
+    ("nursing", "holdout2", "护理记录　{VISITD}\n{BED}，{P}，体温37.8℃，遵{D}医嘱予物理降温，{HERB}煎水外敷。\n{N}"),
+    ("consent", "holdout2", "特殊检查同意书\n我，{P}，身份证号码：{ID}，现居住于{ADDR}，同意接受增强CT检查。\n签字人：{P}　"
+     "关系：本人\n告知医生：{D}"),
+    ("outpatient", "holdout2", "初诊　{VISITD}　{DEPT}\n{P}，{SEX}，{AGE}，住址{ADDR}，电话{PHONE}。\n主诉：{SYM}。\n"
+     "诊断：{DX}\n处理：{DRUG} {DOSE}\n医师签字：{D}"),
+    ("birth", "holdout2", "出生医学证明申请：新生儿母亲{P}，出生日期{DOB}，身份证{ID}；父亲{R}，手机{PHONE}。家庭住址：{ADDR}。"
+     "经办人：{N}"),
+    ("letter", "holdout2", "尊敬的{Ds}院长：\n我是{DEPT}{BED}患者{P}的女儿{R}，感谢{D}医生和{N}护士对我母亲的精心照顾。"),
+    ("chat", "holdout2", "患者家属：{Ds}医生，我妈{P}的{LAB}，要紧吗？\n医生：这个指标偏高，建议复查。\n"
+     "患者家属：好的谢谢，我是{R}，电话{PHONE}。"),
+    ("billing", "holdout2", "住院费用结算单\n{MRN}\n患者姓名　{P}\n总费用：{FEE}　个人支付：{FEE}\n退款账户：{BANK}（户主{R}）\n"
+     "收费员：{N}"),
+    ("claim", "holdout2", "更正说明：{P}原登记证件号{BADID}有误，已更正为{ID}；银行卡{BADBANK}无效，改为{BANK}。经办：{N}"),
+]
+GIVEN2 = list("丹宁琳颖慧倩雪琴蕾薇晶莉婕璐瑶彤萌菲旭东亮斌凯峰晓光宏毅健翔森坤诚锋昊鑫桐悦润泽安福贵珠")
+
+
 def generate(records: int, seed: int) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     filler = Filler(rng)
@@ -451,6 +495,13 @@ def generate(records: int, seed: int) -> dict[str, list[dict]]:
         text, spans = filler.fill(template)
         out["holdout"].append({"id": f"holdout-{i:04d}", "genre": genre, "template": HOLDOUT.index((genre, split, template)),
                                "text": text, "spans": spans})
+    filler = Filler(random.Random(seed + 2), given=GIVEN2)
+    out["holdout2"] = []
+    for i in range(records // 2):
+        genre, split, template = HOLDOUT2[i % len(HOLDOUT2)]
+        text, spans = filler.fill(template)
+        out["holdout2"].append({"id": f"holdout2-{i:04d}", "genre": genre,
+                                "template": HOLDOUT2.index((genre, split, template)), "text": text, "spans": spans})
     return out
 
 
