@@ -74,10 +74,10 @@ def test_the_generated_sets_are_what_the_generator_writes_and_split_by_template(
                 assert r["text"][sp["start"]:sp["end"]] == sp["value"]
 
 
-@pytest.mark.parametrize("split, name_recall", [("dev", 0.95), ("holdout", 0.75)])
+@pytest.mark.parametrize("split, name_recall", [("dev", 0.95), ("holdout", 0.95)])
 def test_precision_and_recall_on_generated_records(split, name_recall):
-    """dev: the rules were tuned on it (≥ 0.95 everywhere). holdout: templates no rule saw; its NAME recall
-    (0.774 when last measured) is below the issue's 0.95 — the bar here guards against regressions."""
+    """dev: the rules were tuned on it (≥ 0.95 everywhere). holdout: scored blind twice (NAME recall 0.692,
+    0.774), then tuned on (2026-12-07); holdout2 took its place as the blind split."""
     table, _ = _eval().score(_split(split))
     print("\n" + "\n".join(f"{t:10s} P {v['precision']:.3f} R {v['recall']:.3f} (n={v['spans']})" for t, v in table.items()))
     for t in TYPES:
@@ -124,9 +124,30 @@ def test_checksums_reject_lookalikes():
     ("主管医生熊主任交代", "NAME", "熊"),
     ("申请人：欧阳娜　电话", "NAME", "欧阳娜"),
     ("我母亲叫张秀兰，今年", "NAME", "张秀兰"),
+    # the holdout split's miss classes (2026-12-07, tuned on since)
+    ("接诊：王珍；分诊护士：", "NAME", "王珍"),  # any label's colon, the name ending where the value ends
+    ("报销回执：许桂的1803.32元已转入", "NAME", "许桂"),
+    ("代理人张然英，联系方式", "NAME", "张然英"),  # a role noun in 人, no colon
+    ("谭珍新（女，24岁）于昨日出院", "NAME", "谭珍新"),  # sex / age in brackets
+    ("急诊病历：许英，84岁，由", "NAME", "许英"),  # a function-word surname, then the age
+    ("理赔通知：尊敬的曾丽女士，您的", "NAME", "曾丽"),  # a salutation
+    ("想挂张建华专家的号", "NAME", "张建华"),
+    ("我奶奶杨天右膝关节疼痛", "NAME", "杨天"),  # the name runs into a word
+    ("化验结果已出。（何医生）", "NAME", "何"),
 ])
 def test_the_miss_classes_of_the_held_out_report(text, kind, value):
     assert [(s.type, s.value) for s in detect(text)] == [(kind, value)]
+
+
+@pytest.mark.parametrize("text", [
+    "建议尽快咨询心血管专家或心理健康专家。",  # 专家 after a word, not a name
+    "胃酸过多：常表现为胃痛、胃灼热。",  # a function-word surname after a colon needs a real boundary
+    "可以尝试使用冰敷或者温敷来缓解。",  # 或者 is not a role noun
+    "控制食盐摄入：高盐饮食会导致水分滞留。",
+    "每个人卫生习惯不同。",
+])
+def test_the_weaker_name_contexts_do_not_fire_on_ordinary_text(text):
+    assert detect(text) == []
 
 
 def _tiny_ner(folder, favour):

@@ -79,10 +79,15 @@ _TITLES = tuple(sorted(_RULES["name_titles"], key=len, reverse=True))
 _TITLE_LABEL = re.compile(rf"(?:{_alternation(_RULES['name_titles'])})长?[:：]")  # 护士：, 护士长：
 # What may follow a name opening a clause: sex / age (王芳，女，45岁 / 孙宇　男), a role in brackets
 # (刘立（主治医师）), a record label after a space (钟嘉　住院号：…).
-_DEMOGRAPHIC = re.compile(r"[，,、 　]+(?:男|女|性别|\d{1,3}岁)|[（(](?:主治|主任|副主任|住院|责任)?(?:医师|医生|护士|药师)|"
+_DEMOGRAPHIC = re.compile(r"[，,、 　]+(?:男|女|性别|\d{1,3}岁)|[（(](?:男|女|\d{1,3}岁)|"
+                          r"[（(](?:主治|主任|副主任|住院|责任)?(?:医师|医生|护士|药师)|"
                           rf"[ 　]+(?:{_alternation(_RULES['record_labels'])})")
 # A role label of any wording, ending in a person word and a colon (its name follows).
 _ROLE_LABEL = re.compile(r"[\u4e00-\u9fa5]{0,6}(?:人|者|员|师|医生|护士|家属|签字|签名)[ \t　]*[:：][ \t　]*")
+# Any label's colon (接诊：, 复核：, 报销回执：): a name may follow, if it ends where the value ends.
+_COLON = re.compile(r"[:：][ \t　]*")
+# A role noun ending in 人 right before a name, without a colon (代理人张然英，). Not 者: 或者 is a conjunction.
+_ROLE_NOUN = re.compile(r"[^个他别有无每众成为某常\W\d]人")
 _CLAUSE_START = re.compile(rf"(?:^|(?<=[\n：:，。；　 ]))(?=[{''.join(sorted(_SURNAMES))}]|{_alternation(sorted(_COMPOUND))})",
                            re.M)
 _LEFT_OK = set("由请嘱给向被让找和与及同经将")  # a preposition before a name and its title (由程英勇护士分诊)
@@ -244,6 +249,16 @@ def _names(text: str) -> list[tuple[int, int]]:
     for m in _CLAUSE_START.finditer(text):  # a name opening a clause, then a verb (张伟说…) or sex / age (王芳，女，)
         if (end := _name_at(text, m.start(), cuts, False, verbs_only=True)) is not None:
             out.append((m.start(), end))
+    # Weaker contexts, so the name must also end where the value ends (a boundary, a particle, a title):
+    # after any label's colon, and after a role noun (代理人张然英，).
+    if "：" in text or ":" in text:
+        for m in _COLON.finditer(text):
+            if (end := _name_at(text, m.end(), cuts, False, bounded=True)) is not None:
+                out.append((m.end(), end))
+    for m in _ROLE_NOUN.finditer(text):
+        if text[m.end():m.end() + 1] not in _FUNCTION_SURNAMES \
+                and (end := _name_at(text, m.end(), cuts, False, bounded=True)) is not None:
+            out.append((m.end(), end))
     return out
 
 
@@ -258,8 +273,13 @@ def _given_ok(chars: str) -> bool:
                                for c in chars)
 
 
-def _name_at(text: str, i: int, cuts: _Cuts, strong: bool, verbs_only: bool = False) -> int | None:
-    """The end of a name starting at `i` (surname + 1–2 given characters), or None."""
+def _name_at(text: str, i: int, cuts: _Cuts, strong: bool, verbs_only: bool = False,
+             bounded: bool = False) -> int | None:
+    """The end of a name starting at `i` (surname + 1–2 given characters), or None. `verbs_only`: at a
+    clause start, where a verb or the patient's sex / age must follow; `bounded`: after a weak context, where
+    the name must end where the value ends (a boundary, a particle, a verb or a title)."""
+    if verbs_only and (end := _name_before_demographic(text, i)) is not None:
+        return end
     n = _surname_len(text, i, common_only=not strong)
     if not n or any(text.startswith(w, i) for w in _NOT_NAMES):
         return None
@@ -267,13 +287,26 @@ def _name_at(text: str, i: int, cuts: _Cuts, strong: bool, verbs_only: bool = Fa
         return None
     if text.startswith(_TITLES, i + n):  # 熊主任: the surname alone is the name
         return i + n
+    split = False  # the last of two given characters starts a word: the name ends before it
     for given in (2, 1):
         end = i + n + given
         if end > len(text) or not _given_ok(text[i + n:end]):
             continue
         rest = text[end:]
+        if given == 2 and not (verbs_only or bounded) and text[i] not in _FUNCTION_SURNAMES and rest \
+                and rest[0] not in _BOUNDARY \
+                and not rest.startswith((*_VERB_AFTER, *_TITLES)) and _is_word(text[end - 1:end + 1]):
+            split = True  # 杨天右膝…, 杨秀发热…: 右膝 / 发热 is a word, the name is 杨天 / 杨秀 (not 冯珍子代诉, 黄婷淑女士)
+            continue
         if verbs_only:
-            ok = rest.startswith(_VERB_AFTER) or bool(_DEMOGRAPHIC.match(rest))
+            ok = rest.startswith(_VERB_AFTER)
+        elif split:
+            ok = True
+        elif bounded and n == 1 and text[i] in _FUNCTION_SURNAMES:  # 复核：曾俊红, 回执：许桂的 yes; ：常表现为 no
+            ok = not rest or rest[0] in _BOUNDARY or rest[0] == "的"
+        elif bounded:
+            ok = not rest or rest[0] in _BOUNDARY or rest[0] in _STOP_AFTER_NAME or rest.startswith(_VERB_AFTER) \
+                or rest.startswith(_TITLES)
         else:
             ok = not rest or rest[0] in _BOUNDARY or rest[0] in _STOP_AFTER_NAME or rest.startswith(_VERB_AFTER) \
                 or rest.startswith(_TITLES) or rest[0].isdigit() or (cuts.at(end) and cuts.at(i))
@@ -281,12 +314,20 @@ def _name_at(text: str, i: int, cuts: _Cuts, strong: bool, verbs_only: bool = Fa
             continue
         if given == 2 and text[end - 1:].startswith((*_VERB_AFTER, *_TITLES)):
             continue  # 王霞代诉: 代诉 is the verb
-        if given == 2 and rest and rest[0] not in _BOUNDARY and not cuts.at(end) \
-                and _word_tags().get(text[end - 1:end + 1]) and _given_ok(text[i + n:end - 1]):
-            continue  # 杨天右膝…: 右膝 is a word, the name is 杨天
         if not strong and _is_word(text[i:end]):
             return None
         return end
+    return None
+
+
+def _name_before_demographic(text: str, i: int) -> int | None:
+    """A name at a clause start followed by the patient's sex or age (许琪，男，8岁 / 甘草　女　/ 谭珍新（女，24岁）):
+    evidence strong enough for any surname, a function-word one and a name that is also a word included."""
+    n = _surname_len(text, i)
+    for given in (2, 1):
+        end = i + n + given
+        if n and end <= len(text) and _given_ok(text[i + n:end]) and _DEMOGRAPHIC.match(text, end):
+            return end
     return None
 
 
@@ -304,11 +345,14 @@ def _name_before(text: str, title: int, cuts: _Cuts) -> int | None:
             continue
         if length > n + 2:
             continue
+        if text.startswith("专家", title) and length == n:
+            continue  # 吴国专家 is a name; 健康专家, 心血管专家 are not, and no one is called 王专家
         left = text[start - 1] if start else ""
         if any(text.startswith(w, start) for w in _NOT_NAMES):
             continue
-        if n == 1 and text[start] in _FUNCTION_SURNAMES and (start and left not in _BOUNDARY or length == 1 and
-                                                             not text.startswith(("您", "：", ":", "，"), title + 2)):
+        if n == 1 and text[start] in _FUNCTION_SURNAMES and (start and left not in _BOUNDARY and
+                                                             not (left in _LEFT_OK and length > n) or length == 1 and
+                                                             not text.startswith(("您", "：", ":", "，", "）", ")"), title + 2)):
             continue  # 向医生咨询, 祝医生工作顺利: a preposition or a wish (万医生您好 is a name)
         if start and left not in _BOUNDARY and left not in _LEFT_OK and not cuts.at(start) \
                 and not (length == 1 and left not in _SURNAMES):
