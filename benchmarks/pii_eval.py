@@ -1,6 +1,6 @@
 """Score medtune's PII/PHI detection span-exact on the generated records, and count what it flags in real text.
 
-    python benchmarks/pii_eval.py [--split dev|test] [--errors 20] [--real 1000]
+    python benchmarks/pii_eval.py [--split dev|test|holdout|holdout2] [--errors 20] [--real 1000] [--model DIR]
 
 Records: tests/fixtures/pii_gen/{dev,test}.jsonl (benchmarks/pii_generator.py). A detection is a true
 positive when its type, start and end equal a labelled span's. `--real N`: N rows each of Huatuo,
@@ -17,18 +17,18 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from medtune.data.pii import detect
+from medtune.data.pii import ModelDetector, detect
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared/data"
 
 
-def score(records: list[dict]) -> tuple[dict[str, dict[str, float]], list[str]]:
+def score(records: list[dict], model=None) -> tuple[dict[str, dict[str, float]], list[str]]:
     tp, fp, fn = Counter(), Counter(), Counter()
     errors = []
     for r in records:
         gold = {(s["type"], s["start"], s["end"]) for s in r["spans"]}
-        found = {(s.type, s.start, s.end) for s in detect(r["text"])}
+        found = {(s.type, s.start, s.end) for s in detect(r["text"], model)}
         for t, _, _ in found & gold:
             tp[t] += 1
         for t, a, b in found - gold:
@@ -71,9 +71,11 @@ def main() -> None:
     ap.add_argument("--split", default="dev")
     ap.add_argument("--errors", type=int, default=20)
     ap.add_argument("--real", type=int, default=0)
+    ap.add_argument("--model", help="a token-classification folder (tools/train_pii_ner.py) merged with the rules")
     args = ap.parse_args()
+    model = ModelDetector(args.model) if args.model else None
     records = [json.loads(x) for x in (ROOT / f"tests/fixtures/pii_gen/{args.split}.jsonl").read_text(encoding="utf-8").splitlines()]
-    table, errors = score(records)
+    table, errors = score(records, model)
     print(f"{args.split}: {len(records)} records\n\n| type | spans | P | R | FP | FN |\n|---|---|---|---|---|---|")
     for t, v in table.items():
         print(f"| {t} | {v['spans']} | {v['precision']:.3f} | {v['recall']:.3f} | {v['fp']} | {v['fn']} |")
@@ -81,7 +83,7 @@ def main() -> None:
         print(e)
     if args.real:
         for name, texts in real_texts(args.real).items():
-            hits = [(s, t) for t in texts for s in detect(t)]
+            hits = [(s, t) for t in texts for s in detect(t, model)]
             print(f"\nreal {name}: {len(texts)} rows, {len(hits)} detections {dict(Counter(s.type for s, _ in hits))}")
             for s, t in hits[:40]:
                 print(f"  {s.type} {s.value!r}: …{t[max(0, s.start - 15):s.end + 15]!r}…")

@@ -57,7 +57,7 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     "BANK_CARD": re.compile(rf"{_D}(?<!\d[ -])(?:\d{{4}}[ -]?){{3}}\d{{4}}(?:[ -]?\d{{1,3}})?{_E}(?![ -]\d)"),
     "EMAIL": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
     "PHONE": re.compile(rf"(?<![\d+])(?:(?:\+86[ -]?|0086[ -]?|\(\+86\) ?|（\+86）|86-)?1[3-9]\d(?:[ -]?\d{{4}}){{2}}"
-                        rf"|(?:[（(]0\d{{2,3}}[）)] ?|{_D}0\d{{2,3}}[- ])(?:\d{{3,4}}[ -]?\d{{4}}|\d{{4}}[ -]\d{{3}})){_E}(?![ -]\d)"),
+                        rf"|(?:[（(]0\d{{2,3}}[）)] ?|{_D}(?<!\d[ -])0\d{{2,3}}[- ])(?:\d{{3,4}}[ -]?\d{{4}}|\d{{4}}[ -]\d{{3}})){_E}(?![ -]\d)"),
     "RECORD_NO": re.compile(rf"(?:{_alternation(_RULES['record_labels'])}){_SEP}([A-Za-z]{{0,4}}\d[0-9A-Za-z-]{{3,}})"),
     "DOB": re.compile(rf"(?:{_alternation(_RULES['dob_labels'])}){_SEP}(?:是|为)?[ 　]*({_DATE})"
                       rf"|[（(]({_DATE})生[）)]"),
@@ -75,6 +75,7 @@ _ADDRESS_INTRO = re.compile(rf"(?:{_alternation(_RULES['address_intros'])})")
 _TRIGGER = re.compile(rf"(?:{_alternation(_RULES['name_triggers'])})(?:{_SEP})(?:(?:{_alternation(_RULES['name_links'])})(?=\S))?")
 _TITLE = re.compile(rf"(?={_alternation(_RULES['name_titles'])})")
 _VERB_AFTER = tuple(sorted(_RULES["name_verbs"], key=len, reverse=True))
+_TIME_WORDS = tuple(sorted(_RULES["name_time_words"], key=len, reverse=True))
 _TITLES = tuple(sorted(_RULES["name_titles"], key=len, reverse=True))
 _TITLE_LABEL = re.compile(rf"(?:{_alternation(_RULES['name_titles'])})长?[:：]")  # 护士：, 护士长：
 # What may follow a name opening a clause: sex / age (王芳，女，45岁 / 孙宇　男), a role in brackets
@@ -87,8 +88,8 @@ _ROLE_LABEL = re.compile(r"[\u4e00-\u9fa5]{0,6}(?:人|者|员|师|医生|护士|
 # Any label's colon (接诊：, 复核：, 报销回执：): a name may follow, if it ends where the value ends.
 _COLON = re.compile(r"[:：][ \t　]*")
 # A role noun ending in 人 right before a name, without a colon (代理人张然英，). Not 者: 或者 is a conjunction.
-_ROLE_NOUN = re.compile(r"[^个他别有无每众成为某常\W\d]人")
-_CLAUSE_START = re.compile(rf"(?:^|(?<=[\n：:，。；　 ]))(?=[{''.join(sorted(_SURNAMES))}]|{_alternation(sorted(_COMPOUND))})",
+_ROLE_NOUN = re.compile(r"[^个他别有无每众成为某常\W\d]人|对象")  # 随访对象刘宏福
+_CLAUSE_START = re.compile(rf"(?:^|(?<=[\n：:，。；　 】]))(?=[{''.join(sorted(_SURNAMES))}]|{_alternation(sorted(_COMPOUND))})",
                            re.M)
 _LEFT_OK = set("由请嘱给向被让找和与及同经将")  # a preposition before a name and its title (由程英勇护士分诊)
 _BOUNDARY = set("，。、；：！？（）()【】[]《》“”\"',.;:!?/ \t\n　—-")
@@ -103,8 +104,9 @@ class Span:
     value: str
 
 
-def detect(text: str) -> list[Span]:
-    """Non-overlapping PII spans in `text`, in order."""
+def detect(text: str, model: ModelDetector | None = None) -> list[Span]:
+    """Non-overlapping PII spans in `text`, in order. With a `model`, its entities are added where no rule
+    found anything (the rules win an overlap: their spans are exact where they fire)."""
     digits = text.translate(_DIGITS)  # full-width digits matched as digits; offsets unchanged
     found: list[Span] = []
 
@@ -123,13 +125,16 @@ def detect(text: str) -> list[Span]:
             value = digits[start:end]
             if kind == "ID_CARD" and not _id_valid(value.replace(" ", "")):
                 continue
-            if kind == "BANK_CARD" and not _luhn(re.sub(r"\D", "", value)):
+            if kind == "BANK_CARD" and (not _luhn(re.sub(r"\D", "", value)) or _after_id_label(text, start)):
                 continue
             if kind == "ADDRESS":
                 start = _address_start(text, start, end)
             add(kind, start, end)
     for start, end in _names(text):
         add("NAME", start, end)
+    if model is not None:
+        for span in model.detect(text):
+            add(span.type, span.start, span.end)
     return sorted(found, key=lambda s: s.start)
 
 
@@ -140,11 +145,7 @@ def redact(text: str, placeholders: dict[tuple[str, str], str] | None = None,
     placeholders = {} if placeholders is None else placeholders
     counts: Counter[str] = Counter()
     out, last = [], 0
-    spans = detect(text)
-    if model is not None:
-        for span in model.detect(text):
-            if not any(s.start < span.end and span.start < s.end for s in spans):
-                spans.append(span)
+    spans = detect(text, model)
     # A name found once in a document is replaced wherever it recurs there (张伟的家属…, no context word).
     known = sorted({v for t, v in placeholders if t == "NAME" and len(v) > 1} | {s.value for s in spans if s.type == "NAME"
                                                                                 and len(s.value) > 1}, key=len, reverse=True)
@@ -201,6 +202,14 @@ class ModelDetector:
             if kind and e["score"] >= self.min_score and e["end"] > e["start"]:
                 spans.append(Span(kind, int(e["start"]), int(e["end"]), text[int(e["start"]):int(e["end"])]))
         return spans
+
+
+_ID_LABEL = re.compile(r"(?:身份证|证件|身份证件)(?:号码|号)?[ \t　]*[:：]?[ \t　]*$")
+
+
+def _after_id_label(text: str, start: int) -> bool:
+    """The number follows 身份证号 / 证件号: an identity number (a wrong check digit makes it no bank card)."""
+    return _ID_LABEL.search(text, max(0, start - 12), start) is not None
 
 
 def _worth_matching(kind: str, text: str, has_digit: bool) -> bool:
@@ -298,8 +307,9 @@ def _name_at(text: str, i: int, cuts: _Cuts, strong: bool, verbs_only: bool = Fa
                 and not rest.startswith((*_VERB_AFTER, *_TITLES)) and _is_word(text[end - 1:end + 1]):
             split = True  # 杨天右膝…, 杨秀发热…: 右膝 / 发热 is a word, the name is 杨天 / 杨秀 (not 冯珍子代诉, 黄婷淑女士)
             continue
-        if verbs_only:
-            ok = rest.startswith(_VERB_AFTER)
+        if verbs_only:  # a verb, maybe after a time word (王东润今早诉); or the name alone on its line (a signature)
+            ok = rest.removeprefix(next((w for w in _TIME_WORDS if rest.startswith(w)), "")).startswith(_VERB_AFTER) \
+                or (not rest or rest[0] == "\n") and (i == 0 or text[i - 1] == "\n")
         elif split:
             ok = True
         elif bounded and n == 1 and text[i] in _FUNCTION_SURNAMES:  # 复核：曾俊红, 回执：许桂的 yes; ：常表现为 no
