@@ -1,5 +1,5 @@
 """De-identification: precision and recall per PII type, span-exact, on records generated from templates
-written before the rules (benchmarks/pii_generator.py: dev for tuning, holdout for the figure), on the
+written before the rules (benchmarks/pii_generator.py: each split blind once, then tuned on), on the
 older hand-labelled set, and what the detector flags in real consultations."""
 
 import csv
