@@ -106,3 +106,30 @@ def test_every_shipped_tiny_config_trains_as_is(name, tmp_path):
     assert main(["train", str(TINY / name), f"train.output_dir={tmp_path}"]) == 0
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "loss.png").is_file()
     assert (tmp_path / "adapter_model.safetensors").is_file() or (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("stage", ["dpo", "orpo", "simpo", "rm"])
+def test_preference_stages_group_pairs_by_length(stage, tmp_path, monkeypatch):
+    """Length grouping reaches the TRL stages: the sampler is the length-grouped one, and the lengths it
+    groups by are each row's longest tokenised sequence as the collator will pad it."""
+    from medtune.train import preference
+    from medtune.train.samplers import LengthGrouped
+
+    seen = {}
+
+    def record(cfg, trainer, tokenizer, r, metrics, has_eval):
+        seen["trainer"] = trainer
+        return {}
+
+    monkeypatch.setattr(preference, "train_and_save", record)
+    config = TINY / ("rm_lora.yaml" if stage == "rm" else f"{stage}_lora.yaml")
+    assert main(["train", str(config), f"train.output_dir={tmp_path}"]) == 0
+    trainer = seen["trainer"]
+    assert isinstance(trainer._get_train_sampler(), LengthGrouped)
+    rows = trainer.train_dataset
+    if "prompt_ids" in rows.column_names:
+        want = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows]
+    else:
+        keys = [k for k in ("chosen_input_ids", "rejected_input_ids", "chosen_ids", "rejected_ids") if k in rows.column_names]
+        want = [max(len(r[k]) for k in keys) for r in rows]
+    assert list(trainer.lengths) == want and len(set(want)) > 1

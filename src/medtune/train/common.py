@@ -262,7 +262,7 @@ def make_trainer(cfg: Config, model: Any, args: Any, tokenizer: Any, train_set: 
     # Liger's fused linear cross-entropy is the GPU's lean loss; it needs the labels inside the model's forward.
     if kernels(cfg) != "liger" and (chunk := chunk_size_for(model, cfg.finetune.loss_chunk_size)):
         loss_func, restore = install(model, chunk)
-    trainer = _trainer_class(Trainer)(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+    trainer = trainer_class(Trainer)(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                                       data_collator=collator, processing_class=tokenizer, compute_loss_func=loss_func)
     trainer.restore_head = restore  # put the real LM head back before saving
     trainer.lengths = train_set.lengths() if cfg.data.group_by_length and hasattr(train_set, "lengths") else None
@@ -274,7 +274,7 @@ def make_trainer(cfg: Config, model: Any, args: Any, tokenizer: Any, train_set: 
     return trainer
 
 
-def _trainer_class(base: Any) -> Any:
+def trainer_class(base: Any) -> Any:
     """The Trainer with shuffling samplers that do not hold the epoch's order as a Python list:
     length-grouped when the trainer has the rows' `lengths` (data.group_by_length), else a permutation."""
 

@@ -19,7 +19,7 @@ from medtune.errors import MedtuneError
 from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
-from medtune.train.common import require_eval_split, start, train_and_save
+from medtune.train.common import require_eval_split, start, train_and_save, trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,12 @@ def run(cfg: Config, stage: str) -> dict[str, Any]:
                                      reward_head=stage == "rm")
     set_seed(r.args.seed)
     model = METHODS.get(cfg.finetune.method)(model, cfg, task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM")
-    trainer = trainer_cls(model=model, args=r.args, train_dataset=train_rows, eval_dataset=eval_rows,
-                          processing_class=tokenizer)
+    # KTO keeps its own sampler: its KL term pairs each row with a mismatched completion by position.
+    grouped = cfg.data.group_by_length and stage != "kto"
+    trainer = (trainer_class(trainer_cls) if grouped else trainer_cls)(
+        model=model, args=r.args, train_dataset=train_rows, eval_dataset=eval_rows, processing_class=tokenizer)
+    if grouped:  # pairs of similar length in a batch: the collator pads both sequences of a pair to the longest
+        trainer.lengths = pair_lengths(trainer.train_dataset)
     metrics = _kept(trainer, train_rows, eval_rows or [], cfg, r.args)
     return train_and_save(cfg, trainer, tokenizer, r, metrics, bool(metrics["eval_pairs"]))
 
@@ -79,6 +83,28 @@ def _kept(trainer: Any, train_rows: list, eval_rows: list, cfg: Config, args: An
                            f"tokens, so there is nothing to evaluate: {hint}, or set train.eval_strategy=no.")
     return {"train_pairs": kept_train, "eval_pairs": kept_eval, "dropped_too_long": dropped,
             "prepared_pairs": {"train": len(train_rows), "eval": len(eval_rows)}}
+
+
+def pair_lengths(ds: Any) -> Any:
+    """Tokens in each training row's longest sequence, read from the columns TRL tokenised (prompt_ids +
+    the longer of chosen_ids / rejected_ids for DPO; the full chosen / rejected sequences for the reward
+    model, ORPO and SimPO), batch by batch in Arrow (never the rows as Python lists); None when the
+    columns are not ones it knows, and the batches are then shuffled without grouping."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    cols = set(getattr(ds, "column_names", None) or ())
+    answers = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in cols]
+    prompt = "prompt_ids" if "prompt_ids" in cols and answers else None
+    if not prompt:
+        answers = [c for c in ("chosen_input_ids", "rejected_input_ids", "chosen_ids", "rejected_ids") if c in cols]
+    if not answers:
+        return None
+    out = []
+    for batch in ds.select_columns([c for c in (prompt, *answers) if c]).with_format("arrow").iter(batch_size=65536):
+        n = np.maximum.reduce([pc.list_value_length(batch[c]).to_numpy(zero_copy_only=False) for c in answers])
+        out.append(n + (pc.list_value_length(batch[prompt]).to_numpy(zero_copy_only=False) if prompt else 0))
+    return np.concatenate(out) if out else None
 
 
 def _import(path: str) -> Any:
