@@ -238,7 +238,8 @@ def _address_start(text: str, start: int, end: int) -> int:
 
 
 def _names(text: str) -> list[tuple[int, int]]:
-    """(start, end) of names: after triggers, before titles, before a clause-initial verb."""
+    """(start, end) of names: after triggers, before titles, opening a clause, and in the weaker contexts
+    (a colon, a role noun) where the name must end with the value. Overlaps are resolved by `detect`."""
     out: list[tuple[int, int]] = []
     cuts = _Cuts(text)
     roles: set[int] = set()  # positions inside trigger words (主管医生, 责任护士): their titles name nobody
