@@ -482,27 +482,27 @@ GIVEN2 = list("丹宁琳颖慧倩雪琴蕾薇晶莉婕璐瑶彤萌菲旭东亮�
 def generate(records: int, seed: int) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     filler = Filler(rng)
-    out: dict[str, list[dict]] = {"dev": [], "test": [], "holdout": []}
+    out: dict[str, list[dict]] = {"dev": [], "test": []}
     for i in range(records):
         genre, split, template = TEMPLATES[i % len(TEMPLATES)] if i < len(TEMPLATES) else rng.choice(TEMPLATES)
         text, spans = filler.fill(template)
         out[split].append({"id": f"{split}-{len(out[split]):04d}", "genre": genre,
                            "template": TEMPLATES.index((genre, split, template)), "text": text, "spans": spans})
-    held = random.Random(seed + 1)
-    filler = Filler(held)
-    for i in range(records // 2):  # drawn after dev and test, so they stay as they were
-        genre, split, template = HOLDOUT[i % len(HOLDOUT)]
-        text, spans = filler.fill(template)
-        out["holdout"].append({"id": f"holdout-{i:04d}", "genre": genre, "template": HOLDOUT.index((genre, split, template)),
-                               "text": text, "spans": spans})
-    filler = Filler(random.Random(seed + 2), given=GIVEN2)
-    out["holdout2"] = []
-    for i in range(records // 2):
-        genre, split, template = HOLDOUT2[i % len(HOLDOUT2)]
-        text, spans = filler.fill(template)
-        out["holdout2"].append({"id": f"holdout2-{i:04d}", "genre": genre,
-                                "template": HOLDOUT2.index((genre, split, template)), "text": text, "spans": spans})
+    # The later splits draw from their own generators, so adding one leaves the earlier ones as they were.
+    out["holdout"] = _cycle(HOLDOUT, Filler(random.Random(seed + 1)), records // 2)
+    out["holdout2"] = _cycle(HOLDOUT2, Filler(random.Random(seed + 2), given=GIVEN2), records // 2)
     return out
+
+
+def _cycle(templates: list[tuple[str, str, str]], filler: Filler, n: int) -> list[dict]:
+    """n records, the templates in turn."""
+    rows = []
+    for i in range(n):
+        genre, split, template = templates[i % len(templates)]
+        text, spans = filler.fill(template)
+        rows.append({"id": f"{split}-{i:04d}", "genre": genre, "template": i % len(templates), "text": text,
+                     "spans": spans})
+    return rows
 
 
 def main() -> None:
