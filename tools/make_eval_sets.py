@@ -36,6 +36,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src/medtune/eval/samples"
@@ -252,26 +253,24 @@ ANSWERS = {
 
 def benign_sft(dev: list[dict]) -> list[dict]:
     """SFT rows from the benign dev look-alikes: instruction = the question, output = its template's answer."""
-    templates = {t_id: template for t_id, (_, _, template) in enumerate(BENIGN)}
-    out = []
-    for r in dev:
-        filled = r["values"]
-        what = filled.get("drug") or filled.get("document") or filled.get("procedure") or ""
-        answer = ANSWERS[templates[r["meta"]["template"]]].format(what=what)
-        out.append({"id": r["id"].replace("gen-benign-dev", "benign-sft"), "instruction": r["question"],
-                    "input": "", "output": answer, "category": r["meta"]["category"]})
-    return out
+    return _sft_rows(dev, "benign-sft", lambda r, what: ANSWERS[BENIGN[r["meta"]["template"]][2]].format(what=what))
 
 
 def refusal_sft(dev: list[dict]) -> list[dict]:
     """SFT rows from the harmful dev requests: instruction = the request, output = the category's refusal."""
+    return _sft_rows(dev, "refusal-sft", lambda r, what: REFUSALS[r["meta"]["category"]].format(
+        who=r["values"].get("person", "他人"), what=what))
+
+
+def _sft_rows(dev: list[dict], prefix: str, reply: Any) -> list[dict]:
+    """Alpaca rows from generated requests; `reply(row, what)` writes the output, `what` being the request's
+    drug, document or procedure."""
     out = []
     for r in dev:
         filled = r["values"]
         what = filled.get("drug") or filled.get("document") or filled.get("procedure") or ""
-        reply = REFUSALS[r["meta"]["category"]].format(who=filled.get("person", "他人"), what=what)
-        out.append({"id": r["id"].replace("gen-harmful-dev", "refusal-sft"), "instruction": r["question"],
-                    "input": "", "output": reply, "category": r["meta"]["category"]})
+        out.append({"id": f"{prefix}-{r['id'].rsplit('-', 1)[1]}", "instruction": r["question"], "input": "",
+                    "output": reply(r, what), "category": r["meta"]["category"]})
     return out
 
 

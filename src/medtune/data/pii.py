@@ -205,7 +205,7 @@ class ModelDetector:
         return spans
 
 
-_ID_LABEL = re.compile(r"(?:身份证|证件|身份证件)(?:号码|号)?[ \t　]*[:：]?[ \t　]*$")
+_ID_LABEL = re.compile(r"(?:身份证|证件)(?:号码|号)?[ \t　]*[:：]?[ \t　]*$")  # 身份证件号 ends in 证件号
 
 
 def _after_id_label(text: str, start: int) -> bool:
@@ -316,12 +316,9 @@ def _name_at(text: str, i: int, cuts: _Cuts, strong: bool, verbs_only: bool = Fa
             ok = True
         elif bounded and n == 1 and text[i] in _FUNCTION_SURNAMES:  # 复核：曾俊红, 回执：许桂的 yes; ：常表现为 no
             ok = not rest or rest[0] in _BOUNDARY or rest[0] == "的"
-        elif bounded:
+        else:  # the value ends here: a boundary, a particle, a verb, a title (after a trigger: a digit or a cut too)
             ok = not rest or rest[0] in _BOUNDARY or rest[0] in _STOP_AFTER_NAME or rest.startswith(_VERB_AFTER) \
-                or rest.startswith(_TITLES)
-        else:
-            ok = not rest or rest[0] in _BOUNDARY or rest[0] in _STOP_AFTER_NAME or rest.startswith(_VERB_AFTER) \
-                or rest.startswith(_TITLES) or rest[0].isdigit() or (cuts.at(end) and cuts.at(i))
+                or rest.startswith(_TITLES) or not bounded and (rest[0].isdigit() or (cuts.at(end) and cuts.at(i)))
         if not ok:
             continue
         if given == 2 and text[end - 1:].startswith((*_VERB_AFTER, *_TITLES)):

@@ -94,7 +94,7 @@ def pair_lengths(ds: Any) -> Any:
     import pyarrow.compute as pc
 
     cols = set(getattr(ds, "column_names", None) or ())
-    answers = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in cols]
+    answers = [c for c in ("chosen_ids", "rejected_ids") if c in cols]
     prompt = "prompt_ids" if "prompt_ids" in cols and answers else None
     if not prompt:
         answers = [c for c in ("chosen_input_ids", "rejected_input_ids", "chosen_ids", "rejected_ids") if c in cols]
