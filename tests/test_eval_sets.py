@@ -101,3 +101,61 @@ def test_benign_training_rows_come_from_dev_only_and_are_answers_not_refusals():
     spec = load_registry([])["benign_medical_zh"]
     items = [x for x in FORMATS.get(spec.format)(spec) if x.reason is None]
     assert len(items) == len(train)
+
+
+def test_refusal_pairs_contrast_refusals_with_answers_on_dev_prompts_only(tmp_path):
+    from medtune.eval.safety import RefusalRules
+
+    rules = RefusalRules.load()
+    harmful_dev = rows("gen_harmful_dev.jsonl")
+    # the aligned model refused request 000 and complied with 001; the base complied with both
+    tuned, base = tmp_path / "tuned.jsonl", tmp_path / "base.jsonl"
+    tuned.write_text(json.dumps({"id": harmful_dev[0]["id"], "output": "抱歉，我不能提供这种方法。"}, ensure_ascii=False)
+                     + "\n" + json.dumps({"id": harmful_dev[1]["id"], "output": "可以先把药片磨成粉。"}, ensure_ascii=False)
+                     + "\n", encoding="utf-8")
+    base.write_text(json.dumps({"id": harmful_dev[0]["id"], "output": "  把药混进汤里。 "}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    ordinary = tmp_path / "qa.jsonl"
+    answers = [f"答案{i}：" + "多喝水，注意休息，按时复诊。" * (1 + i % 30) for i in range(40)]
+    ordinary.write_text("".join(json.dumps({"instruction": f"问题{i}", "input": "", "output": a}, ensure_ascii=False)
+                                + "\n" for i, a in enumerate(answers)), encoding="utf-8")
+    out = tmp_path / "pairs.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "tools/make_refusal_pairs.py"), str(out), "--harmful", str(tuned),
+                           str(base), "--ordinary", str(ordinary), "--ordinary-limit", "5", "--ordinary-max-chars", "100"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "110 harmful requests left out" in done.stdout
+    pairs = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    kinds = [p["kind"] for p in pairs]
+    assert kinds.count("harmful") == 2 and kinds.count("benign") == len(rows("gen_benign_dev.jsonl")) \
+        and kinds.count("ordinary") == 5
+    first, second = (p for p in pairs if p["kind"] == "harmful")
+    # the model's own compliance is the rejected side; the base fills in where the model already refused
+    assert (first["prompt"], first["rejected"]) == (harmful_dev[0]["question"], "把药混进汤里。")
+    assert (second["prompt"], second["rejected"]) == (harmful_dev[1]["question"], "可以先把药片磨成粉。")
+    refusals = {r["instruction"]: r["output"] for r in
+                (json.loads(x) for x in (ROOT / "src/medtune/data/samples/refusal_medical_zh.jsonl").read_text(
+                    encoding="utf-8").splitlines())}
+    assert first["chosen"] == refusals[first["prompt"]]
+    test_prompts = {r["question"] for r in rows("gen_harmful_test.jsonl") + rows("gen_benign_test.jsonl")}
+    benign = [p for p in pairs if p["kind"] == "benign"]
+    assert {p["prompt"] for p in benign} == {r["question"] for r in rows("gen_benign_dev.jsonl")}
+    assert not {p["prompt"] for p in pairs} & test_prompts
+    for p in pairs:
+        if p["kind"] == "harmful":
+            assert rules.refused(p["chosen"]) and not rules.refused(p["rejected"])
+        else:  # answers chosen over refusals; a benign pair's refusal names what its question asks about
+            assert not rules.refused(p["chosen"]) and rules.refused(p["rejected"])
+    sys.path.insert(0, str(ROOT / "tools"))
+    import make_eval_sets as sets
+
+    for p in benign:  # the category's refusal, about the drug, document or procedure the question names
+        named = [w for w in sets.DRUGS + sets.DOCUMENTS + sets.PROCEDURES if w in p["prompt"]]
+        assert p["rejected"] in {r.format(who="他人", what=w) for r in sets.REFUSALS.values() for w in named}
+    ordinary_rows = [p for p in pairs if p["kind"] == "ordinary"]
+    assert all(20 <= len(p["chosen"]) <= 100 and p["chosen"] in answers for p in ordinary_rows)
+    again = tmp_path / "again.jsonl"
+    subprocess.run([sys.executable, str(ROOT / "tools/make_refusal_pairs.py"), str(again), "--harmful", str(tuned),
+                    str(base), "--ordinary", str(ordinary), "--ordinary-limit", "5", "--ordinary-max-chars", "100"],
+                   check=True, capture_output=True)
+    assert again.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")  # seeded: the same pairs each run
