@@ -133,3 +133,40 @@ def test_preference_stages_group_pairs_by_length(stage, tmp_path, monkeypatch):
         keys = [k for k in ("chosen_input_ids", "rejected_input_ids", "chosen_ids", "rejected_ids") if k in rows.column_names]
         want = [max(len(r[k]) for k in keys) for r in rows]
     assert list(trainer.lengths) == want and len(set(want)) > 1
+
+
+@pytest.mark.parametrize("stage", ["orpo", "simpo"])
+def test_fused_pair_forward_gives_the_plain_loss_and_gradients(stage, tmp_path, monkeypatch):
+    """ORPO and SimPO train through TRL's fused LM head (no [tokens × vocab] logits): on the same batch, the
+    loss, each metric the losses read and every LoRA gradient equal TRL's own full-logits forward's."""
+    import torch
+
+    from medtune.train import preference
+
+    seen = {}
+    monkeypatch.setattr(preference, "train_and_save", lambda cfg, trainer, *a: seen.update(trainer=trainer) or {})
+    assert main(["train", str(TINY / f"{stage}_lora.yaml"), f"train.output_dir={tmp_path}"]) == 0
+    trainer = seen["trainer"]
+    assert type(trainer).__name__ == "MedtuneTrainer" and "Fused" in type(trainer).__mro__[1].__name__
+    plain_cls = next(c for c in type(trainer).__mro__ if c.__module__.startswith("trl."))
+    model = trainer.model
+    model.eval()  # no LoRA dropout: both passes see the same function
+    batch = next(iter(trainer.get_train_dataloader()))
+    runs = {}
+    for name in ("plain", "fused"):
+        if name == "plain":
+            monkeypatch.setattr(trainer, "concatenated_forward", lambda m, b: plain_cls.concatenated_forward(trainer, m, b))
+        else:
+            monkeypatch.undo()
+        model.zero_grad()
+        loss, metrics = trainer.get_batch_loss_metrics(model, batch, train_eval="train")
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+        runs[name] = (loss.detach(), metrics, grads)
+    (pl, pm, pg), (fl, fm, fg) = runs["plain"], runs["fused"]
+    assert torch.allclose(pl, fl, rtol=1e-5, atol=1e-6)
+    for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "nll_loss"):
+        assert pm[key] == pytest.approx(fm[key], rel=1e-5, abs=1e-6), key
+    assert pg.keys() == fg.keys() and pg
+    assert all(torch.allclose(pg[k], fg[k], rtol=1e-4, atol=1e-6) for k in pg)
+    assert any(pg[k].abs().sum() > 0 for k in pg)  # the comparison is not between zeros

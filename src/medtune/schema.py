@@ -150,7 +150,8 @@ class FinetuneConfig:
     # sft/pt: the LM head runs only on supervised positions (prompt and padding get no logits), in chunks
     # of this many tokens under activation checkpointing, so the [tokens × vocab] logits never exist at once
     # (Gemma's 262k vocabulary). auto: chunks of ≤ 2^28 logits (1,024 tokens at 262k; one unchunked pass at
-    # small vocabularies). null: the model's own loss over every position.
+    # small vocabularies). null: the model's own loss over every position. orpo/simpo: any value but null
+    # gives them TRL's fused LM head (train/fused_pairs.py); null, TRL's full-logits forward.
     loss_chunk_size: int | Literal["auto"] | None = "auto"
     # Fused GPU kernels. auto: Liger Kernel (fused linear cross-entropy, RMSNorm, RoPE, SwiGLU, through
     # transformers' use_liger_kernel) when CUDA is present and `liger-kernel` is installed, else none (on

@@ -20,6 +20,7 @@ from medtune.model.load import load_model
 from medtune.model.methods import METHODS, quantization_for
 from medtune.train import STAGES
 from medtune.train.common import require_eval_split, start, train_and_save, trainer_class
+from medtune.train.fused_pairs import fused
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ TRAINERS: dict[str, tuple[str, str, dict[str, Any], str]] = {
     "kto": ("trl:KTOTrainer", "trl:KTOConfig", {},
             "KTO on unpaired good/bad answers (each pair becomes one desirable and one undesirable row)"),
 }
+
+# Their TRL trainers take full logits; medtune gives them TRL's fused LM head (train/fused_pairs.py) unless
+# finetune.loss_chunk_size is null, the switch that also turns SFT's lean loss off.
+FUSED_STAGES = ("orpo", "simpo")
 
 
 def run(cfg: Config, stage: str) -> dict[str, Any]:
@@ -57,6 +62,8 @@ def run(cfg: Config, stage: str) -> dict[str, Any]:
     model = METHODS.get(cfg.finetune.method)(model, cfg, task_type="SEQ_CLS" if stage == "rm" else "CAUSAL_LM")
     # KTO keeps its own sampler: its KL term pairs each row with a mismatched completion by position.
     grouped = cfg.data.group_by_length and stage != "kto"
+    if stage in FUSED_STAGES and cfg.finetune.loss_chunk_size:  # DPO and KTO have TRL's fused head already
+        trainer_cls = fused(trainer_cls)
     trainer = (trainer_class(trainer_cls) if grouped else trainer_cls)(
         model=model, args=r.args, train_dataset=train_rows, eval_dataset=eval_rows, processing_class=tokenizer)
     if grouped:  # pairs of similar length in a batch: the collator pads both sequences of a pair to the longest
