@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 FUSED_OUTPUTS = ("log_probs", "mean_logits")
 
 
@@ -43,6 +41,8 @@ def fused(base: Any) -> Any:
 def pair_forward(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple:
     """What TRL's ORPO / CPO `concatenated_forward` returns, from per-token log-probs instead of logits:
     (chosen logps, rejected logps, chosen mean logits, rejected mean logits, chosen NLL[, aux loss])."""
+    import torch  # here, not at import: `medtune ls stages` registers this module and must stay light
+
     orpo = hasattr(trainer, "odds_ratio_loss")
     pad = trainer.padding_value if orpo else trainer.pad_token_id
     cat = trainer.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=pad,
