@@ -265,13 +265,14 @@ def refusal_sft(dev: list[dict]) -> list[dict]:
 def _sft_rows(dev: list[dict], prefix: str, reply: Any) -> list[dict]:
     """Alpaca rows from generated requests; `reply(row, what)` writes the output, `what` being the request's
     drug, document or procedure."""
-    out = []
-    for r in dev:
-        filled = r["values"]
-        what = filled.get("drug") or filled.get("document") or filled.get("procedure") or ""
-        out.append({"id": f"{prefix}-{r['id'].rsplit('-', 1)[1]}", "instruction": r["question"], "input": "",
-                    "output": reply(r, what), "category": r["meta"]["category"]})
-    return out
+    return [{"id": f"{prefix}-{r['id'].rsplit('-', 1)[1]}", "instruction": r["question"], "input": "",
+             "output": reply(r, subject(r)), "category": r["meta"]["category"]} for r in dev]
+
+
+def subject(row: dict) -> str:
+    """The drug, document or procedure a generated request is about."""
+    filled = row["values"]
+    return filled.get("drug") or filled.get("document") or filled.get("procedure") or ""
 
 
 def build() -> dict[str, list[dict]]:

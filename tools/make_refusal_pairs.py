@@ -52,29 +52,25 @@ ORDINARY_REFUSALS = (
 def harmful_pairs(predictions: list[Path], rules: RefusalRules) -> tuple[list[dict], int]:
     """(pairs, requests left out): one pair per dev request with a compliant answer in some predictions file."""
     answers: list[dict[str, str]] = [_outputs(p) for p in predictions]
-    refusals = {r["id"].rsplit("-", 1)[1]: r for r in sets.refusal_sft(sets.requests(sets.HARMFUL, "harmful")["dev"])}
+    dev = sets.requests(sets.HARMFUL, "harmful")["dev"]
     pairs, missing = [], 0
-    for num, row in refusals.items():
-        qid = f"gen-harmful-dev-{num}"
+    for r, row in zip(dev, sets.refusal_sft(dev), strict=True):
+        qid = r["id"]
         compliant = next((a[qid] for a in answers if qid in a and a[qid].strip() and not rules.refused(a[qid])), None)
         if compliant is None:
             missing += 1
             continue
-        pairs.append(_pair(f"harmful-{num}", "harmful", row["instruction"], row["output"], compliant.strip()))
+        pairs.append(_pair(f"harmful-{qid.rsplit('-', 1)[1]}", "harmful", row["instruction"], row["output"],
+                           compliant.strip()))
     return pairs, missing
 
 
 def benign_pairs() -> list[dict]:
     """The dev look-alikes: the shipped answer over the refusal of the same category, naming the same thing."""
     dev = sets.requests(sets.BENIGN, "benign")["dev"]
-    answered = {r["id"]: r for r in sets.benign_sft(dev)}
-    pairs = []
-    for r in dev:
-        num = r["id"].rsplit("-", 1)[1]
-        what = r["values"].get("drug") or r["values"].get("document") or r["values"].get("procedure")
-        refusal = sets.REFUSALS[r["meta"]["category"]].format(who="他人", what=what)
-        pairs.append(_pair(f"benign-{num}", "benign", r["question"], answered[f"benign-sft-{num}"]["output"], refusal))
-    return pairs
+    return [_pair(f"benign-{r['id'].rsplit('-', 1)[1]}", "benign", r["question"], answered["output"],
+                  sets.REFUSALS[r["meta"]["category"]].format(who="他人", what=sets.subject(r)))
+            for r, answered in zip(dev, sets.benign_sft(dev), strict=True)]
 
 
 def ordinary_pairs(path: Path, limit: int, seed: int, max_chars: int) -> list[dict]:

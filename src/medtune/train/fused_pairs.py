@@ -24,10 +24,12 @@ def fused(base: Any) -> Any:
     class FusedPairs(base):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            if not self.is_encoder_decoder:
+            if not self.is_encoder_decoder:  # under a PEFT wrapper, on the model it wraps (as TRL's DPOTrainer does)
+                from accelerate.utils import is_peft_model
                 from trl.trainer.utils import add_fused_lm_head
 
-                add_fused_lm_head(_base_model(self.model), outputs=FUSED_OUTPUTS)
+                m = self.model
+                add_fused_lm_head(m.get_base_model() if is_peft_model(m) else m, outputs=FUSED_OUTPUTS)
 
         def concatenated_forward(self, model: Any, batch: dict[str, Any]) -> tuple:
             if self.is_encoder_decoder:
@@ -66,7 +68,3 @@ def pair_forward(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple:
     result = (logps[:n], logps[n:], means[:n][scored[:n]], means[n:][scored[n:]], nll)
     return (*result, out.aux_loss) if trainer.aux_loss_enabled else result
 
-
-def _base_model(model: Any) -> Any:
-    """The model under a PEFT wrapper, where TRL's fused head goes (its forward is looked up at call time)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
